@@ -1,0 +1,58 @@
+# meterstream: `make run` starts the whole pipeline, `make test` runs every test.
+# Both bootstrap what they need: Debian packages (JDK, Maven, Prometheus), a virtualenv
+# with the project installed, and the Kafka jars (fetched from Maven Central on first use).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Local-development webhook credentials (source:user:password), only if none are set.
+export METERSTREAM_BRIDGE_CREDENTIALS ?= local:meterstream:meterstream
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := openjdk-17-jre-headless maven prometheus
+
+.PHONY: run test lint protos bench deps venv clean docs
+
+deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+run: deps venv
+	$(PY) -m streams run
+
+lint: venv
+	$(VENV)/bin/ruff check streams tests bench
+	$(VENV)/bin/mypy
+
+protos: venv
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=streams/protos_gen --pyi_out=streams/protos_gen protos/smartme_realtime.proto
+
+test: deps venv lint
+	$(PY) -m pytest -q
+
+bench: deps venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .meterstream .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the settings table in the README from streams/config.py.
+docs: venv
+	$(PY) -c 'import re,subprocess,sys; t=subprocess.run([sys.executable,"-m","streams","settings"],capture_output=True,text=True,check=True).stdout; p="README.md"; s=open(p).read(); s=re.sub(r"(<!-- settings:begin -->\n).*?(<!-- settings:end -->)", lambda m: m.group(1)+t+m.group(2), s, flags=re.S); open(p,"w").write(s)'

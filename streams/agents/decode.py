@@ -1,0 +1,97 @@
+"""Decode agent: ``smartme.raw`` bodies → ``meter.readings`` records (or the dead letter).
+
+One JSON record per DeviceData, key = device id (so one device's readings stay on one
+partition), Kafka timestamp = reading time. A body that cannot be decoded goes to the
+dead-letter topic unchanged, with the reason and its origin (topic, partition, offset)
+in the headers; the agent carries on with the next body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from streams.codec import DecodeError, Reading, check_plausible
+
+if TYPE_CHECKING:
+    from streams.app import Pipeline
+
+log = logging.getLogger(__name__)
+
+_BATCH_WINDOW = 0.05  # seconds the decoder waits to fill a batch
+
+
+def header_map(headers: Any) -> dict[str, bytes]:
+    """Kafka headers as a dict, whatever shape the client handed them over in."""
+    if not headers:
+        return {}
+    items: Iterable[tuple[str, Any]] = (
+        headers.items() if isinstance(headers, Mapping) else headers
+    )
+    return {str(k): (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
+
+
+def reading_record(reading: Reading, origin: Mapping[str, bytes]) -> bytes:
+    """The ``meter.readings`` value: the reading plus where and when it came in."""
+    record = reading.to_dict()
+    record["source"] = origin.get("source", b"").decode(errors="replace") or None
+    record["received_at"] = origin.get("received-at", b"").decode(errors="replace") or None
+    record["request_id"] = origin.get("request-id", b"").decode(errors="replace") or None
+    return orjson.dumps(record)
+
+
+def register(pipeline: Pipeline) -> Any:
+    settings = pipeline.settings
+    decoder = pipeline.decoder
+    metrics = pipeline.metrics
+    readings_topic = pipeline.readings_topic
+    deadletter_topic = pipeline.deadletter_topic
+    min_us = _year_start_us(settings.min_reading_year)
+
+    async def dead_letter(event: Any, body: bytes, origin: dict[str, bytes], reason: str) -> None:
+        message = event.message
+        headers = {
+            **origin,
+            "error": reason.encode(),
+            "origin-topic": str(message.topic).encode(),
+            "origin-partition": str(message.partition).encode(),
+            "origin-offset": str(message.offset).encode(),
+        }
+        await deadletter_topic.send(key=message.key, value=body, headers=headers)
+        metrics.deadletters.inc()
+        log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
+                    message.partition, message.offset, len(body), reason)
+
+    async def decode(stream: Any) -> None:
+        async for events in stream.take_events(settings.decode_batch, within=_BATCH_WINDOW):
+            for event in events:
+                body = event.value if event.value is not None else b""
+                origin = header_map(event.headers)
+                try:
+                    readings = decoder.decode(body)
+                    latest_us = int((pipeline.clock() + settings.max_clock_skew) * 1_000_000)
+                    check_plausible(readings, min_us, latest_us)
+                except DecodeError as exc:
+                    await dead_letter(event, body, origin, exc.reason)
+                    continue
+                passthrough = {k: origin[k] for k in ("source", "request-id") if k in origin}
+                for reading in readings:
+                    await readings_topic.send(
+                        key=reading.device_id.encode(),
+                        value=reading_record(reading, origin),
+                        timestamp=reading.timestamp_us / 1_000_000,
+                        headers=passthrough,
+                    )
+                metrics.bodies.inc()
+                metrics.readings.inc(len(readings))
+
+    return pipeline.app.agent(pipeline.raw_topic, name="decode")(decode)
+
+
+def _year_start_us(year: int) -> int:
+    from datetime import UTC, datetime
+
+    return int(datetime(year, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000

@@ -1,0 +1,205 @@
+"""smart-me webhook bodies (protobuf DeviceDataArray) → readings.
+
+A body is decoded all or nothing: one bad item makes the whole body a :class:`DecodeError`
+(with a reason naming the item), so the body lands intact in the dead-letter topic and
+can be replayed once the cause is understood.
+
+Conventions (documented in the README):
+
+* device id: the .NET ``Guid`` byte order (``lo`` then ``hi``, little-endian) → UUID.
+* timestamp: bcl.DateTime = offset from 1970-01-01 in units of ``scale`` (absent = DAYS);
+  TICKS (100 ns) are floored to microseconds; kind UNSPECIFIED is read as UTC (smart-me
+  documents UTC), LOCAL is converted from the configured zone; the MINMAX scale
+  (DateTime.MinValue / MaxValue) is not a reading time and is rejected.
+* values: the OBIS code in ``A-B:C.D.E*F`` form, the raw double, the quantity name and
+  the value normalised by the configured per-OBIS scale.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from streams import obis
+from streams.protos_gen import smartme_realtime_pb2 as pb
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+# DateTime scale → microseconds per unit; TICKS (5) is handled separately (÷10).
+_SCALE_US = {0: 86_400_000_000, 1: 3_600_000_000, 2: 60_000_000, 3: 1_000_000, 4: 1_000}
+_TICKS, _MINMAX = 5, 15
+_UNSPECIFIED, _UTC, _LOCAL = 0, 1, 2
+_GUID = struct.Struct("<QQ")
+_CACHE_LIMIT = 100_000
+
+
+class DecodeError(ValueError):
+    """The body is not a usable DeviceDataArray; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    obis: str
+    value: float
+    quantity: str
+    unit: str | None
+    normalised: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obis": self.obis,
+            "value": self.value,
+            "quantity": self.quantity,
+            "unit": self.unit,
+            "normalised": self.normalised,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    device_id: str
+    timestamp_us: int  # microseconds since the Unix epoch, UTC
+    values: tuple[Value, ...]
+
+    @property
+    def timestamp(self) -> datetime:
+        return EPOCH + timedelta(microseconds=self.timestamp_us)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "timestamp": format_timestamp(self.timestamp_us),
+            "timestamp_us": self.timestamp_us,
+            "values": [v.to_dict() for v in self.values],
+        }
+
+
+def format_timestamp(timestamp_us: int) -> str:
+    """ISO-8601 UTC with a ``Z``; microseconds only when not zero."""
+    moment = EPOCH + timedelta(microseconds=timestamp_us)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class _ObisInfo:
+    text: str
+    quantity: str
+    unit: str | None
+    scale: float
+
+
+class Decoder:
+    """Decodes bodies with a given scale table and local time zone (reusable, caching)."""
+
+    def __init__(
+        self,
+        scales: Mapping[str, float] | None = None,
+        local_timezone: str = "UTC",
+    ) -> None:
+        self._scales = dict(obis.DEFAULT_SCALES if scales is None else scales)
+        self._zone = ZoneInfo(local_timezone)
+        self._obis_cache: dict[bytes, _ObisInfo] = {}
+        self._guid_cache: dict[tuple[int, int], str] = {}
+
+    def decode(self, body: bytes) -> list[Reading]:
+        message = pb.DeviceDataArray()
+        try:
+            message.ParseFromString(body)
+        except Exception as exc:  # any parser failure means the bytes are not the schema
+            raise DecodeError(f"not a DeviceDataArray protobuf: {exc}") from exc
+        return [self._item(index, item) for index, item in enumerate(message.DeviceDataItems)]
+
+    def _item(self, index: int, item: Any) -> Reading:
+        if not item.HasField("DeviceId"):
+            raise DecodeError(f"item {index}: DeviceId missing")
+        if not item.HasField("DateTime"):
+            raise DecodeError(f"item {index}: DateTime missing")
+        try:
+            timestamp_us = self._timestamp_us(item.DateTime)
+            values = tuple(self._value(v) for v in item.DeviceValues)
+        except DecodeError as exc:
+            raise DecodeError(f"item {index}: {exc.reason}") from None
+        return Reading(self._device_id(item.DeviceId), timestamp_us, values)
+
+    def _device_id(self, guid: Any) -> str:
+        key = (guid.lo, guid.hi)
+        text = self._guid_cache.get(key)
+        if text is None:
+            if len(self._guid_cache) >= _CACHE_LIMIT:
+                self._guid_cache.clear()
+            text = str(uuid.UUID(bytes_le=_GUID.pack(*key)))
+            self._guid_cache[key] = text
+        return text
+
+    def _timestamp_us(self, stamp: Any) -> int:
+        value, scale, kind = stamp.value, stamp.scale, stamp.kind
+        if scale == _TICKS:
+            micros = value // 10  # sub-microsecond ticks are floored away
+        elif scale in _SCALE_US:
+            micros = value * _SCALE_US[scale]
+        elif scale == _MINMAX:
+            raise DecodeError(
+                f"DateTime is DateTime.{'MaxValue' if value > 0 else 'MinValue'} "
+                "(MINMAX scale), not a reading time"
+            )
+        else:
+            raise DecodeError(f"DateTime scale {scale} is not a bcl TimeSpanScale")
+        try:
+            if kind in (_UNSPECIFIED, _UTC):
+                EPOCH + timedelta(microseconds=micros)  # range check only
+                return int(micros)
+            if kind == _LOCAL:
+                local = (_EPOCH_NAIVE + timedelta(microseconds=micros)).replace(tzinfo=self._zone)
+                delta = local.astimezone(UTC) - EPOCH
+                return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        except OverflowError:
+            raise DecodeError(f"DateTime value {value} (scale {scale}) is out of range") from None
+        raise DecodeError(f"DateTime kind {kind} is not a bcl DateTimeKind")
+
+    def _value(self, device_value: Any) -> Value:
+        if not device_value.HasField("Obis"):
+            raise DecodeError("DeviceValue without Obis")
+        if not device_value.HasField("Value"):
+            raise DecodeError("DeviceValue without Value")
+        info = self._obis(device_value.Obis)
+        raw = device_value.Value
+        if not math.isfinite(raw):
+            raise DecodeError(f"{info.text}: value {raw} is not a finite number")
+        return Value(info.text, raw, info.quantity, info.unit, raw * info.scale)
+
+    def _obis(self, raw: bytes) -> _ObisInfo:
+        info = self._obis_cache.get(raw)
+        if info is None:
+            try:
+                code = obis.ObisCode.from_bytes(raw)
+            except obis.ObisError as exc:
+                raise DecodeError(str(exc)) from None
+            kind = obis.quantity(code)
+            info = _ObisInfo(str(code), kind.name, kind.unit, obis.scale_for(code, self._scales))
+            if len(self._obis_cache) < _CACHE_LIMIT:
+                self._obis_cache[raw] = info
+        return info
+
+
+def check_plausible(readings: list[Reading], earliest_us: int, latest_us: int) -> None:
+    """Reject a body whose readings are dated outside [earliest, latest] (clock faults)."""
+    for index, reading in enumerate(readings):
+        if not earliest_us <= reading.timestamp_us <= latest_us:
+            raise DecodeError(
+                f"item {index}: implausible timestamp {format_timestamp(reading.timestamp_us)} "
+                f"(accepted {format_timestamp(earliest_us)} .. {format_timestamp(latest_us)})"
+            )

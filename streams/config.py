@@ -1,0 +1,264 @@
+"""The one settings object of meterstream.
+
+Every knob is a field of the frozen :class:`Settings` dataclass, read once from the
+environment (prefix ``METERSTREAM_``) by :func:`Settings.from_env` and passed in to
+whatever needs it. Nothing else in the package reads ``os.environ``.
+
+Each field carries its documentation in ``metadata["doc"]``; the README table is
+checked against it by a test, so a setting cannot exist undocumented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streams import obis
+
+PREFIX = "METERSTREAM_"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One HTTP Basic user/password pair accepted by the bridge, and the source it names."""
+
+    source: str
+    username: str
+    password: str = field(repr=False)
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret})
+
+
+def _setting_factory(factory: Callable[[], Any], doc: str, *, secret: bool = False) -> Any:
+    return field(default_factory=factory, metadata={"doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = _setting(
+        "", "Kafka bootstrap servers (host:port,...). Empty: `meterstream run` starts the "
+        "embedded single-node Kafka and sets it for the bridge and worker."
+    )
+    topic_partitions: int = _setting(
+        6, "Partitions of every topic meterstream creates (and of Faust's changelogs). "
+        "The maximum number of useful worker processes."
+    )
+    topic_replication: int = _setting(1, "Replication factor of the topics meterstream creates.")
+    topic_raw: str = _setting("smartme.raw", "Raw webhook bodies, exactly as received.")
+    topic_readings: str = _setting("meter.readings", "Decoded readings, one JSON per DeviceData.")
+    topic_aggregates: str = _setting(
+        "meter.aggregates", "Per-device window aggregates (compacted, key device|size|start)."
+    )
+    topic_alerts: str = _setting("meter.alerts", "Offline/online transitions and other alerts.")
+    topic_deadletter: str = _setting(
+        "meterstream.deadletter", "Undecodable raw bodies with the error in the headers."
+    )
+    topic_late: str = _setting("meter.late", "Readings beyond the allowed lateness.")
+    topic_umeter_customer: str = _setting("umeter.customer", "UMeter customer data as polled.")
+    topic_umeter_measurements: str = _setting(
+        "umeter.measurements", "UMeter grid-operator measurements as polled."
+    )
+    topic_smartme_devices: str = _setting(
+        "smartme.devices", "smart-me device inventory (compacted, key device id)."
+    )
+
+    # --- Embedded Kafka (meterstream run, tests) -------------------------------------------
+    kafka_version: str = _setting("4.1.1", "Apache Kafka version of the embedded broker.")
+    kafka_cache_dir: Path = _setting(
+        Path("~/.cache/meterstream/kafka"),
+        "Where the embedded broker's jars are cached (one sub-directory per version).",
+    )
+    kafka_state_dir: Path = _setting(
+        Path(".meterstream/kafka"), "Data, config and logs of the embedded broker."
+    )
+    kafka_port: int = _setting(9092, "Embedded broker's client port (127.0.0.1).")
+    kafka_controller_port: int = _setting(9093, "Embedded broker's KRaft controller port.")
+    kafka_heap: str = _setting("-Xms64m -Xmx512m", "JVM heap options of the embedded broker.")
+    kafka_start_timeout: float = _setting(120.0, "Seconds to wait for the embedded broker.")
+
+    # --- Bridge ----------------------------------------------------------------------------
+    bridge_host: str = _setting("127.0.0.1", "Address the webhook bridge listens on.")
+    bridge_port: int = _setting(8080, "Port of the webhook bridge.")
+    bridge_path: str = _setting("/smartme/realtime", "Path smart-me POSTs protobuf bodies to.")
+    bridge_credentials: tuple[Credential, ...] = _setting(
+        (),
+        "Accepted Basic credentials, comma separated `source:user:password` triples. "
+        "The source name travels with every body as the `source` header.",
+        secret=True,
+    )
+    bridge_credentials_file: Path | None = _setting(
+        None, "File with one `source user password` per line (added to BRIDGE_CREDENTIALS)."
+    )
+    bridge_allow_anonymous: bool = _setting(
+        False, "Accept bodies without credentials (source `anonymous`). Only for local tests."
+    )
+    bridge_max_body_bytes: int = _setting(1024 * 1024, "Largest body accepted; larger → 413.")
+    bridge_produce_timeout: float = _setting(
+        10.0, "Seconds to wait for Kafka's acknowledgement before answering 503."
+    )
+    bridge_retry_after: int = _setting(5, "Retry-After seconds sent with a 503.")
+    bridge_linger_ms: int = _setting(
+        5, "Producer linger: how long the bridge waits to batch concurrent bodies."
+    )
+    bridge_shutdown_timeout: float = _setting(
+        20.0, "Seconds a SIGTERM'd bridge waits for in-flight requests before it exits."
+    )
+
+    # --- Worker ----------------------------------------------------------------------------
+    app_id: str = _setting("meterstream", "Faust application id (consumer group, table names).")
+    store: str = _setting("rocksdb://", "Faust table store: rocksdb:// or memory://.")
+    state_dir: Path = _setting(Path(".meterstream/state"), "Faust data directory (RocksDB).")
+    worker_host: str = _setting("127.0.0.1", "Address of the worker's web server (/metrics).")
+    worker_port: int = _setting(6066, "Port of the worker's web server.")
+    worker_session_timeout: float = _setting(
+        10.0, "Kafka consumer session timeout (s): how fast a dead worker's partitions move."
+    )
+    decode_batch: int = _setting(500, "Raw bodies the decoder takes per batch.")
+    local_timezone: str = _setting(
+        "UTC", "IANA zone for smart-me DateTime values of kind LOCAL (never seen in practice)."
+    )
+    obis_scales: Mapping[str, float] = _setting_factory(
+        lambda: dict(obis.DEFAULT_SCALES),
+        "Per-OBIS factor from the webhook value to the normalised unit, comma separated "
+        "`A-B:C.D[.E[*F]]=factor`; merged over the defaults (energy registers mWh → Wh).",
+    )
+    min_reading_year: int = _setting(
+        2000, "Readings dated before this year are rejected as implausible (dead letter)."
+    )
+    max_clock_skew: float = _setting(
+        900.0, "Readings more than this many seconds in the future are rejected (dead letter). "
+        "Must stay below the broker's message.timestamp.after.max.ms (1 h on Kafka 4)."
+    )
+    log_level: str = _setting("info", "Log level of bridge and worker.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``METERSTREAM_*`` variables; unknown ones are an error."""
+        env = os.environ if environ is None else environ
+        known = {PREFIX + f.name.upper(): f for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            if name in env:
+                values[f.name] = _parse(f, name, env[name])
+        settings = cls(**values)
+        return settings._with_file_credentials()
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def _with_file_credentials(self) -> Settings:
+        if self.bridge_credentials_file is None:
+            return self
+        creds = self.bridge_credentials + read_credentials_file(self.bridge_credentials_file)
+        return self.replace(bridge_credentials=creds)
+
+    @property
+    def all_topics(self) -> dict[str, str]:
+        """Every topic meterstream uses, by setting name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("topic_") and isinstance(getattr(self, f.name), str)}
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, doc) for every setting, in declaration order (README table)."""
+    rows = []
+    defaults = Settings()
+    for f in dataclasses.fields(Settings):
+        default = getattr(defaults, f.name)
+        if f.metadata.get("secret"):
+            shown = "(none)"
+        elif isinstance(default, Mapping):
+            shown = ",".join(f"{k}={v}" for k, v in default.items())
+        else:
+            shown = "(empty)" if default in ("", None, ()) else str(default)
+        rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
+    return rows
+
+
+def read_credentials_file(path: Path) -> tuple[Credential, ...]:
+    creds = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{PREFIX}BRIDGE_CREDENTIALS_FILE: cannot read {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise ConfigError(
+                f"{path}:{number}: expected `source user password`, got {len(parts)} fields"
+            )
+        creds.append(Credential(*parts))
+    return tuple(creds)
+
+
+def _parse_credentials(raw: str) -> tuple[Credential, ...]:
+    creds = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        pieces = item.split(":", 2)
+        if len(pieces) != 3 or not all(pieces):
+            raise ValueError("expected comma separated source:user:password triples")
+        creds.append(Credential(*pieces))
+    return tuple(creds)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _parse_scales(raw: str) -> dict[str, float]:
+    scales = dict(obis.DEFAULT_SCALES)
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        code, sep, factor = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected CODE=factor, got {item!r}")
+        scales[obis.normalise_scale_key(code.strip())] = float(factor)
+    return scales
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "Path": Path,
+    "Path | None": lambda raw: Path(raw) if raw else None,
+    "tuple[Credential, ...]": _parse_credentials,
+    "Mapping[str, float]": _parse_scales,
+}
+
+
+def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
+    parser = _PARSERS[str(f.type)]
+    try:
+        return parser(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def environment_with(**overrides: str) -> dict[str, str]:
+    """This process's environment plus overrides, for child processes (``meterstream run``)."""
+    return {**os.environ, **overrides}

@@ -1,0 +1,25 @@
+"""``meterstream worker``: ensure the topics exist, then run the Faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+
+from streams.app import Pipeline
+from streams.config import Settings
+from streams.topics import ensure_topics, topic_specs
+
+
+def run(settings: Settings) -> int:
+    # Faust binds to the current event loop; create it here so topic setup runs on it too.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
+    pipeline = Pipeline(settings)
+    setup_prometheus_sensors(pipeline.app, registry=pipeline.registry,
+                             name_prefix="meterstream_faust")
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level, loop=loop)
+    worker.execute_from_commandline()
+    return 0
