@@ -38,11 +38,12 @@ class Credential:
 
 
 def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"doc": doc, "secret": secret})
+    return field(default=default, repr=not secret, metadata={"doc": doc, "secret": secret})
 
 
 def _setting_factory(factory: Callable[[], Any], doc: str, *, secret: bool = False) -> Any:
-    return field(default_factory=factory, metadata={"doc": doc, "secret": secret})
+    return field(default_factory=factory, repr=not secret,
+                 metadata={"doc": doc, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,53 @@ class Settings:
     )
     log_level: str = _setting("info", "Log level of bridge and worker.")
 
+    # --- UMeter (customer / EAN data and grid-operator measurements) -----------------------
+    umeter_auth_url: str = _setting("https://auth.umeter.nl/token", "UMeter token endpoint.")
+    umeter_app_url: str = _setting("https://app.umeter.nl", "UMeter app API base (/api/customer).")
+    umeter_meas_url: str = _setting(
+        "https://meas.meterdata.io", "Measurements API base (/api/v2/measurements/...)."
+    )
+    umeter_username: str = _setting("", "UMeter login e-mail. Empty: the UMeter poller is off.")
+    umeter_password: str = _setting("", "UMeter password (prefer UMETER_PASSWORD_FILE).",
+                                    secret=True)
+    umeter_password_file: Path | None = _setting(
+        None, "File holding the UMeter password (a mounted secret); overrides UMETER_PASSWORD."
+    )
+    umeter_poll_interval: float = _setting(3600.0, "Seconds between UMeter polls (leader only).")
+    umeter_timeout: float = _setting(30.0, "Timeout of one UMeter HTTP request (s).")
+    umeter_max_retries: int = _setting(
+        4, "Retries of a UMeter request on 429, 5xx and timeouts (exponential backoff)."
+    )
+    umeter_meas_keys: str = _setting(
+        "import,export", "measKeys asked from the measurements API (comma separated)."
+    )
+    umeter_mapping_file: Path | None = _setting(
+        None, "CSV/JSON mapping smart-me device id → EAN (see README, UMeter section)."
+    )
+    reconcile_tolerance: float = _setting(
+        0.05, "Relative daily energy difference (ours vs UMeter) above which an alert is sent."
+    )
+
+    # --- smart-me REST (inventory, webhook registration) -----------------------------------
+    smartme_base_url: str = _setting("https://api.smart-me.com", "smart-me REST API base URL.")
+    smartme_api_key: str = _setting("", "smart-me API key (header `ApiKey`).", secret=True)
+    smartme_client_id: str = _setting("", "smart-me OAuth2 client id (client credentials).")
+    smartme_client_secret: str = _setting("", "smart-me OAuth2 client secret.", secret=True)
+    smartme_token_url: str = _setting(
+        "https://api.smart-me.com/oauth/token", "smart-me OAuth2 token endpoint."
+    )
+    smartme_username: str = _setting(
+        "", "smart-me Basic-auth user (deprecated by smart-me; use an API key or OAuth2)."
+    )
+    smartme_password: str = _setting("", "smart-me Basic-auth password.", secret=True)
+    smartme_poll_interval: float = _setting(
+        900.0, "Seconds between smart-me inventory polls (leader only); 0 turns them off."
+    )
+    smartme_timeout: float = _setting(30.0, "Timeout of one smart-me HTTP request (s).")
+    smartme_max_retries: int = _setting(
+        4, "Retries of a smart-me request on 429, 5xx and timeouts (exponential backoff)."
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``METERSTREAM_*`` variables; unknown ones are an error."""
@@ -157,16 +205,24 @@ class Settings:
             if name in env:
                 values[f.name] = _parse(f, name, env[name])
         settings = cls(**values)
-        return settings._with_file_credentials()
+        return settings._with_secret_files()
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
-    def _with_file_credentials(self) -> Settings:
-        if self.bridge_credentials_file is None:
-            return self
-        creds = self.bridge_credentials + read_credentials_file(self.bridge_credentials_file)
-        return self.replace(bridge_credentials=creds)
+    def _with_secret_files(self) -> Settings:
+        settings = self
+        if self.bridge_credentials_file is not None:
+            creds = self.bridge_credentials + read_credentials_file(self.bridge_credentials_file)
+            settings = settings.replace(bridge_credentials=creds)
+        if self.umeter_password_file is not None:
+            try:
+                password = self.umeter_password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{PREFIX}UMETER_PASSWORD_FILE: cannot read "
+                                  f"{self.umeter_password_file}: {exc}") from exc
+            settings = settings.replace(umeter_password=password)
+        return settings
 
     @property
     def all_topics(self) -> dict[str, str]:

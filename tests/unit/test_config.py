@@ -76,3 +76,14 @@ def test_readme_settings_table_is_current() -> None:
     assert table == "| Variable | Default | Meaning |\n|---|---|---|\n" + expected, (
         "README settings table is stale: regenerate it with `meterstream settings`"
     )
+
+
+def test_umeter_password_file_overrides_the_variable(tmp_path: Path) -> None:
+    secret = tmp_path / "umeter-password"
+    secret.write_text("from-file\n")
+    settings = Settings.from_env({"METERSTREAM_UMETER_PASSWORD": "from-env",
+                                  "METERSTREAM_UMETER_PASSWORD_FILE": str(secret)})
+    assert settings.umeter_password == "from-file"
+    assert "from-file" not in repr(settings)
+    with pytest.raises(ConfigError, match="UMETER_PASSWORD_FILE"):
+        Settings.from_env({"METERSTREAM_UMETER_PASSWORD_FILE": str(tmp_path / "missing")})
