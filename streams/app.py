@@ -65,6 +65,13 @@ class Pipeline:
         from streams.agents import decode
 
         self.decode_agent = decode.register(self)
+        self._register_pages()
+
+    def _register_pages(self) -> None:
+        async def healthz(web: Any, _request: Any) -> Any:
+            return web.json({"status": "ok", "detail": "worker process alive"})
+
+        self.app.page("/healthz")(healthz)
 
     def _topic(self, name: str) -> Any:
         return self.app.topic(

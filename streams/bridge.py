@@ -89,6 +89,7 @@ class Bridge:
         self._kafka_up = False
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._reset = asyncio.Event()
         self.app = self._build_app()
 
     # -- application -----------------------------------------------------------------------
@@ -103,7 +104,7 @@ class Bridge:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
-        self._tasks.append(asyncio.create_task(self._connect_loop(), name="bridge-connect"))
+        self._tasks.append(asyncio.create_task(self._producer_loop(), name="bridge-producer"))
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         self._stopping = True
@@ -118,11 +119,30 @@ class Bridge:
             self._producer = None
         self._set_kafka_up(False)
 
-    async def _connect_loop(self) -> None:
-        """Start the producer (retrying while Kafka is down), then watch broker health."""
+    async def _producer_loop(self) -> None:
+        """Keep one healthy producer: start it (retrying while Kafka is down), watch the
+        broker, and replace it when it broke (see ``_request_reset``)."""
         await ensure_topics(self.settings.kafka_bootstrap, topic_specs(self.settings)[:1],
                             attempts=1_000_000, delay=_HEALTH_INTERVAL)
-        while self._producer is None:
+        while True:
+            producer = await self._start_producer()
+            self._reset.clear()
+            self._producer = producer
+            self._set_kafka_up(True)
+            while not self._reset.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reset.wait(), _HEALTH_INTERVAL)
+                if not self._reset.is_set():
+                    self._set_kafka_up(await self._probe_kafka(producer))
+            self._producer = None
+            self._set_kafka_up(False)
+            # Bodies still pending in the old producer were answered 503 or will be;
+            # give it a bounded chance to deliver them (duplicates are fine, loss is not).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), self.settings.bridge_produce_timeout)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        while True:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 acks="all",
@@ -140,18 +160,21 @@ class Bridge:
                 await producer.stop()
                 await asyncio.sleep(_HEALTH_INTERVAL)
                 continue
-            self._producer = producer
             log.info("producer connected to %s", self.settings.kafka_bootstrap)
-        self._set_kafka_up(True)
-        while True:
-            await asyncio.sleep(_HEALTH_INTERVAL)
-            self._set_kafka_up(await self._probe_kafka())
+            return producer
 
-    async def _probe_kafka(self) -> bool:
-        assert self._producer is not None
+    def _request_reset(self, producer: AIOKafkaProducer, error: KafkaError) -> None:
+        # aiokafka's idempotent producer cannot recover its sequence numbers once a batch
+        # expired during an outage (every later send fails with OutOfOrderSequenceNumber);
+        # a fresh producer gets a new producer id and starts clean.
+        if producer is self._producer and not self._reset.is_set():
+            log.warning("replacing the Kafka producer after %s", type(error).__name__)
+            self._reset.set()
+
+    async def _probe_kafka(self, producer: AIOKafkaProducer) -> bool:
         try:
             return bool(await asyncio.wait_for(
-                self._producer.client.force_metadata_update(), _HEALTH_INTERVAL))
+                producer.client.force_metadata_update(), _HEALTH_INTERVAL))
         except (TimeoutError, KafkaError, OSError):
             return False
 
@@ -209,6 +232,8 @@ class Bridge:
                 self.settings.bridge_produce_timeout,
             )
         except (TimeoutError, KafkaError) as exc:
+            if isinstance(exc, KafkaError):
+                self._request_reset(producer, exc)
             error = type(exc).__name__
             self.metrics.produce_errors.labels(error).inc()
             log.warning("503 %s: Kafka did not acknowledge (%s: %s)", request_id, error, exc)

@@ -207,6 +207,19 @@ class Settings:
         settings = cls(**values)
         return settings._with_secret_files()
 
+    def to_env(self) -> dict[str, str]:
+        """The ``METERSTREAM_*`` variables that reproduce these settings in a child process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            env[PREFIX + f.name.upper()] = _format(value)
+        # The file's entries are already in bridge_credentials; do not add them twice.
+        env.pop(PREFIX + "BRIDGE_CREDENTIALS_FILE", None)
+        env.pop(PREFIX + "UMETER_PASSWORD_FILE", None)
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -293,6 +306,16 @@ def _parse_scales(raw: str) -> dict[str, float]:
             raise ValueError(f"expected CODE=factor, got {item!r}")
         scales[obis.normalise_scale_key(code.strip())] = float(factor)
     return scales
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(f"{c.source}:{c.username}:{c.password}" for c in value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v!r}" for k, v in value.items())
+    return str(value)
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

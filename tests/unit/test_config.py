@@ -87,3 +87,13 @@ def test_umeter_password_file_overrides_the_variable(tmp_path: Path) -> None:
     assert "from-file" not in repr(settings)
     with pytest.raises(ConfigError, match="UMETER_PASSWORD_FILE"):
         Settings.from_env({"METERSTREAM_UMETER_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def test_to_env_round_trips() -> None:
+    settings = Settings.from_env({
+        "METERSTREAM_BRIDGE_CREDENTIALS": "cloud:smartme:s3cr:et",
+        "METERSTREAM_OBIS_SCALES": "1-0:1.7.0=0.001",
+        "METERSTREAM_BRIDGE_ALLOW_ANONYMOUS": "true",
+        "METERSTREAM_TOPIC_PARTITIONS": "3",
+    })
+    assert Settings.from_env(settings.to_env()) == settings
