@@ -73,6 +73,10 @@ class Pipeline:
 
         self.app.page("/healthz")(healthz)
 
+    def output_topics(self) -> list[Any]:
+        """Topics the agents write to (tests replace their ``send``)."""
+        return [self.readings_topic, self.deadletter_topic]
+
     def _topic(self, name: str) -> Any:
         return self.app.topic(
             name,

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import orjson
+
+from streams.app import Pipeline
+from streams.protos_gen import smartme_realtime_pb2 as pb
+from tests.agents.conftest import Outbox
+
+ORIGIN = {"source": b"cloud", "request-id": b"abc123", "received-at": b"2026-11-22T00:00:00Z"}
+
+
+async def test_body_becomes_one_reading_record_per_device_data(
+    pipeline: tuple[Pipeline, Outbox], seed_body: bytes
+) -> None:
+    app, outbox = pipeline
+    async with app.decode_agent.test_context() as agent:
+        await agent.put(value=seed_body, headers=ORIGIN)
+    (sent,) = outbox.of(app.settings.topic_readings)
+    assert sent.key == b"3bd0fce9-9f8e-4183-b3d1-0c1622a22ca1"
+    assert sent.timestamp == 1571228444.978851  # Kafka timestamp = reading time
+    record = orjson.loads(sent.value)
+    assert record["timestamp"] == "2019-10-16T12:20:44.978851Z"
+    assert record["source"] == "cloud" and record["request_id"] == "abc123"
+    assert app.metrics.readings._value.get() == 1
+    assert outbox.of(app.settings.topic_deadletter) == []
+
+
+async def test_bad_body_is_dead_lettered_and_the_stream_goes_on(
+    pipeline: tuple[Pipeline, Outbox], seed_body: bytes
+) -> None:
+    app, outbox = pipeline
+    async with app.decode_agent.test_context() as agent:
+        await agent.put(value=b"\xff\xff garbage", headers=ORIGIN)
+        await agent.put(value=seed_body, headers=ORIGIN)
+    (letter,) = outbox.of(app.settings.topic_deadletter)
+    assert letter.value == b"\xff\xff garbage"
+    assert b"not a DeviceDataArray" in letter.headers["error"]
+    assert letter.headers["request-id"] == b"abc123"
+    assert {"origin-topic", "origin-partition", "origin-offset"} <= set(letter.headers)
+    assert len(outbox.of(app.settings.topic_readings)) == 1
+    assert app.metrics.deadletters._value.get() == 1
+
+
+async def test_implausible_timestamps_are_dead_lettered(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = pipeline
+    # A DateTime of 0 days: an unset meter clock, 1970-01-01.
+    item = pb.DeviceData(DeviceId=pb.Guid(lo=1, hi=2), DateTime=pb.DateTime(value=0))
+    body = pb.DeviceDataArray(DeviceDataItems=[item]).SerializeToString()
+    async with app.decode_agent.test_context() as agent:
+        await agent.put(value=body)
+    (letter,) = outbox.of(app.settings.topic_deadletter)
+    assert b"implausible timestamp 1970-01-01T00:00:00Z" in letter.headers["error"]
+    assert outbox.of(app.settings.topic_readings) == []
