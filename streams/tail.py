@@ -33,6 +33,9 @@ async def tail(bootstrap: str, topic: str, *, count: int | None, follow: bool,
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
+        # A consumer without subscriptions has no topic metadata yet; refresh it (for all
+        # topics) so partitions_for_topic can answer.
+        await consumer._client.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             print(f"meterstream tail: topic {topic} does not exist", file=sys.stderr)
