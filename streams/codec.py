@@ -17,13 +17,12 @@ Conventions (documented in the README):
 
 from __future__ import annotations
 
-import math
 import struct
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from streams import obis
@@ -37,6 +36,10 @@ _SCALE_US = {0: 86_400_000_000, 1: 3_600_000_000, 2: 60_000_000, 3: 1_000_000, 4
 _TICKS, _MINMAX = 5, 15
 _UNSPECIFIED, _UTC, _LOCAL = 0, 1, 2
 _GUID = struct.Struct("<QQ")
+# The datetime range (years 1..9999) in microseconds relative to the Unix epoch.
+_MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
+_MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // timedelta(
+    microseconds=1)
 _CACHE_LIMIT = 100_000
 
 
@@ -48,8 +51,9 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+class Value(NamedTuple):
+    # A NamedTuple rather than a frozen dataclass: a body can carry thousands of values
+    # and a frozen dataclass's __init__ costs several times more per instance.
     obis: str
     value: float
     quantity: str
@@ -66,8 +70,7 @@ class Value:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     device_id: str
     timestamp_us: int  # microseconds since the Unix epoch, UTC
     values: tuple[Value, ...]
@@ -130,10 +133,30 @@ class Decoder:
             raise DecodeError(f"item {index}: DateTime missing")
         try:
             timestamp_us = self._timestamp_us(item.DateTime)
-            values = tuple(self._value(v) for v in item.DeviceValues)
+            values = self._values(item.DeviceValues)
         except DecodeError as exc:
             raise DecodeError(f"item {index}: {exc.reason}") from None
         return Reading(self._device_id(item.DeviceId), timestamp_us, values)
+
+    def _values(self, device_values: Any) -> tuple[Value, ...]:
+        # The hot loop of the decoder: locals and one cache lookup per value.
+        cache = self._obis_cache
+        values = []
+        append = values.append
+        for device_value in device_values:
+            code = device_value.Obis
+            info = cache.get(code)
+            if info is None:
+                if not device_value.HasField("Obis"):
+                    raise DecodeError("DeviceValue without Obis")
+                info = self._obis(code)
+            if not device_value.HasField("Value"):
+                raise DecodeError("DeviceValue without Value")
+            raw = device_value.Value
+            if raw - raw != 0.0:  # NaN or ±inf
+                raise DecodeError(f"{info.text}: value {raw} is not a finite number")
+            append(Value(info.text, raw, info.quantity, info.unit, raw * info.scale))
+        return tuple(values)
 
     def _device_id(self, guid: Any) -> str:
         key = (guid.lo, guid.hi)
@@ -158,10 +181,11 @@ class Decoder:
             )
         else:
             raise DecodeError(f"DateTime scale {scale} is not a bcl TimeSpanScale")
+        if kind in (_UNSPECIFIED, _UTC):
+            if not _MIN_US <= micros <= _MAX_US:
+                raise DecodeError(f"DateTime value {value} (scale {scale}) is out of range")
+            return int(micros)
         try:
-            if kind in (_UNSPECIFIED, _UTC):
-                EPOCH + timedelta(microseconds=micros)  # range check only
-                return int(micros)
             if kind == _LOCAL:
                 local = (_EPOCH_NAIVE + timedelta(microseconds=micros)).replace(tzinfo=self._zone)
                 delta = local.astimezone(UTC) - EPOCH
@@ -169,17 +193,6 @@ class Decoder:
         except OverflowError:
             raise DecodeError(f"DateTime value {value} (scale {scale}) is out of range") from None
         raise DecodeError(f"DateTime kind {kind} is not a bcl DateTimeKind")
-
-    def _value(self, device_value: Any) -> Value:
-        if not device_value.HasField("Obis"):
-            raise DecodeError("DeviceValue without Obis")
-        if not device_value.HasField("Value"):
-            raise DecodeError("DeviceValue without Value")
-        info = self._obis(device_value.Obis)
-        raw = device_value.Value
-        if not math.isfinite(raw):
-            raise DecodeError(f"{info.text}: value {raw} is not a finite number")
-        return Value(info.text, raw, info.quantity, info.unit, raw * info.scale)
 
     def _obis(self, raw: bytes) -> _ObisInfo:
         info = self._obis_cache.get(raw)

@@ -157,7 +157,7 @@ def test_unknown_fields_at_every_level_are_skipped(seed_body: bytes) -> None:
         (pb.DeviceData(DeviceId=_guid(DEVICE), DateTime=pb.DateTime(value=1),
                        DeviceValues=[pb.DeviceValue(Value=1.0)]), "without Obis"),
         (pb.DeviceData(DeviceId=_guid(DEVICE), DateTime=pb.DateTime(value=1),
-                       DeviceValues=[pb.DeviceValue(Obis=b"\x01\x00")]), "without Value"),
+                       DeviceValues=[pb.DeviceValue(Obis=bytes(6))]), "without Value"),
         (pb.DeviceData(DeviceId=_guid(DEVICE), DateTime=pb.DateTime(value=1),
                        DeviceValues=[pb.DeviceValue(Obis=b"\x01\x00\x01", Value=1.0)]),
          "6 bytes"),
