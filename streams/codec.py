@@ -141,7 +141,7 @@ class Decoder:
     def _values(self, device_values: Any) -> tuple[Value, ...]:
         # The hot loop of the decoder: locals and one cache lookup per value.
         cache = self._obis_cache
-        values = []
+        values: list[Value] = []
         append = values.append
         for device_value in device_values:
             code = device_value.Obis
