@@ -6,6 +6,7 @@ level, so settings are passed in and tests can build as many isolated apps as th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry
 
-from streams.codec import Decoder
+from streams.codec import Decoder, format_timestamp
 from streams.config import Settings
 from streams.metrics import WorkerMetrics
+from streams.windows import Aggregator, Sample
+
+log = logging.getLogger(__name__)
 
 
 def make_faust_app(settings: Settings) -> faust.App:
@@ -45,6 +49,9 @@ def make_faust_app(settings: Settings) -> faust.App:
 class Pipeline:
     """One worker's app, topics, metrics and agents."""
 
+    aggregator: Aggregator  # set by the aggregation agent's register()
+    heads_table: Any
+
     def __init__(
         self,
         settings: Settings,
@@ -61,21 +68,72 @@ class Pipeline:
         self.raw_topic = self._topic(settings.topic_raw)
         self.readings_topic = self._topic(settings.topic_readings)
         self.deadletter_topic = self._topic(settings.topic_deadletter)
+        self.aggregates_topic = self._topic(settings.topic_aggregates)
+        self.late_topic = self._topic(settings.topic_late)
+        self.ticks_topic = self._topic(settings.topic_ticks)
 
-        from streams.agents import decode
+        # Imported here: the agents' modules need this class's attributes, not vice versa.
+        from streams.agents import aggregate, decode
 
         self.decode_agent = decode.register(self)
+        self.aggregate_agent = aggregate.register(self)
         self._register_pages()
+
+    # -- hooks the agents call ----------------------------------------------------------------
+    def enrich_aggregate(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The window record as published (customer/EAN enrichment hooks in here)."""
+        return record
+
+    def observe_device(self, device_id: str, head: dict[str, Any],
+                       latest: dict[str, Any]) -> None:
+        """Called once per device and batch with its state head and newest reading."""
+
+    async def reject_reading(self, event: Any, reason: str) -> None:
+        """A meter.readings record the aggregation cannot use: dead-letter it, go on."""
+        message = event.message
+        headers = {
+            "error": reason.encode(),
+            "origin-topic": str(message.topic).encode(),
+            "origin-partition": str(message.partition).encode(),
+            "origin-offset": str(message.offset).encode(),
+        }
+        await self.deadletter_topic.send(key=message.key, value=event.value or b"",
+                                         headers=headers)
+        self.metrics.deadletters.inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition,
+                    message.offset, reason)
 
     def _register_pages(self) -> None:
         async def healthz(web: Any, _request: Any) -> Any:
             return web.json({"status": "ok", "detail": "worker process alive"})
 
+        async def device_view(web: Any, _request: Any, device_id: str) -> Any:
+            return web.json(self.device_snapshot(device_id) or {"error": "unknown device"},
+                            status=200 if self.device_snapshot(device_id) else 404)
+
         self.app.page("/healthz")(healthz)
+        routed = self.app.table_route(table=self.heads_table, match_info="device_id")
+        self.app.page("/devices/{device_id}")(routed(device_view))
+
+    def device_snapshot(self, device_id: str) -> dict[str, Any] | None:
+        """Latest reading and open windows of a device held by this worker."""
+        device = self.aggregator.device(device_id)
+        head = device.head
+        if head["event_time"] is None:
+            return None
+        latest = head["latest"]
+        return {
+            "device_id": device_id,
+            "event_time": format_timestamp(head["event_time"]),
+            "last_arrival": format_timestamp(head["arrival"]) if head["arrival"] else None,
+            "latest_reading": dict(zip(Sample._fields, latest, strict=True)) if latest else None,
+            "open_windows": list(self.aggregator.open_windows(device)),
+        }
 
     def output_topics(self) -> list[Any]:
         """Topics the agents write to (tests replace their ``send``)."""
-        return [self.readings_topic, self.deadletter_topic]
+        return [self.readings_topic, self.deadletter_topic, self.aggregates_topic,
+                self.late_topic, self.ticks_topic]
 
     def _topic(self, name: str) -> Any:
         return self.app.topic(

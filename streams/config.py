@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streams import obis
+from streams.windows import WindowConfig
 
 PREFIX = "METERSTREAM_"
 
@@ -74,6 +75,10 @@ class Settings:
     )
     topic_smartme_devices: str = _setting(
         "smartme.devices", "smart-me device inventory (compacted, key device id)."
+    )
+    topic_ticks: str = _setting(
+        "meterstream.ticks", "Internal: wall-clock ticks, one per partition, that drive the "
+        "sweeps of quiet devices (short retention)."
     )
 
     # --- Embedded Kafka (meterstream run, tests) -------------------------------------------
@@ -144,6 +149,28 @@ class Settings:
         "Must stay below the broker's message.timestamp.after.max.ms (1 h on Kafka 4)."
     )
     log_level: str = _setting("info", "Log level of bridge and worker.")
+
+    # --- Window aggregation -----------------------------------------------------------------
+    window_sizes: tuple[int, ...] = _setting(
+        (60, 900, 3600), "Tumbling window sizes in seconds, comma separated (epoch aligned)."
+    )
+    window_grace: int = _setting(
+        300, "Seconds a window waits (in the device's event time) before it is final."
+    )
+    allowed_lateness: int = _setting(
+        6 * 3600, "Readings up to this many seconds behind the device's event time still "
+        "correct their windows (re-emitted with revision+1); older ones go to meter.late."
+    )
+    aggregate_chunk: int = _setting(
+        900, "Seconds of readings per state chunk (one chunk is rewritten per reading)."
+    )
+    aggregate_interim: bool = _setting(
+        False, "Also emit non-final window updates (final=false) on every reading."
+    )
+    aggregate_batch: int = _setting(2000, "Readings the aggregation agent takes per batch.")
+    sweep_interval: float = _setting(
+        10.0, "Seconds between wall-clock sweeps that finalize windows of quiet devices."
+    )
 
     # --- UMeter (customer / EAN data and grid-operator measurements) -----------------------
     umeter_auth_url: str = _setting("https://auth.umeter.nl/token", "UMeter token endpoint.")
@@ -237,6 +264,11 @@ class Settings:
             settings = settings.replace(umeter_password=password)
         return settings
 
+    def window_config(self) -> WindowConfig:
+        return WindowConfig(sizes=self.window_sizes, grace=self.window_grace,
+                            allowed_lateness=self.allowed_lateness, chunk=self.aggregate_chunk,
+                            emit_interim=self.aggregate_interim)
+
     @property
     def all_topics(self) -> dict[str, str]:
         """Every topic meterstream uses, by setting name."""
@@ -254,6 +286,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
             shown = "(none)"
         elif isinstance(default, Mapping):
             shown = ",".join(f"{k}={v}" for k, v in default.items())
+        elif isinstance(default, tuple) and default:
+            shown = ",".join(str(v) for v in default)
         else:
             shown = "(empty)" if default in ("", None, ()) else str(default)
         rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
@@ -298,6 +332,13 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
+def _parse_ints(raw: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in raw.split(",") if part.strip())
+    if not values:
+        raise ValueError("expected comma separated integers")
+    return values
+
+
 def _parse_scales(raw: str) -> dict[str, float]:
     scales = dict(obis.DEFAULT_SCALES)
     for item in filter(None, (part.strip() for part in raw.split(","))):
@@ -312,7 +353,8 @@ def _format(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(f"{c.source}:{c.username}:{c.password}" for c in value)
+        return ",".join(str(v) if isinstance(v, int) else f"{v.source}:{v.username}:{v.password}"
+                        for v in value)
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v!r}" for k, v in value.items())
     return str(value)
@@ -326,6 +368,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "Path": Path,
     "Path | None": lambda raw: Path(raw) if raw else None,
     "tuple[Credential, ...]": _parse_credentials,
+    "tuple[int, ...]": _parse_ints,
     "Mapping[str, float]": _parse_scales,
 }
 

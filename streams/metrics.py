@@ -59,6 +59,47 @@ class WorkerMetrics:
         )
         self.deadletters = Counter(
             "meterstream_deadletters_total",
-            "Raw bodies that could not be decoded and went to the dead-letter topic.",
+            "Records that could not be decoded or used and went to the dead-letter topic.",
             registry=registry,
+        )
+        self.aggregated = Counter(
+            "meterstream_readings_aggregated_total",
+            "Readings consumed by the aggregation (applied, duplicate or late).",
+            registry=registry,
+        )
+        self.ticks = Counter(
+            "meterstream_sweep_ticks_total",
+            "Wall-clock ticks handled (each sweeps one partition's quiet devices).",
+            registry=registry,
+        )
+        self.late = Counter(
+            "meterstream_readings_late_total",
+            "Readings beyond the allowed lateness, sent to meter.late instead of applied.",
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "meterstream_readings_duplicate_total",
+            "Readings whose (device, timestamp) was already applied (retries, replays).",
+            registry=registry,
+        )
+        self.revisions = Counter(
+            "meterstream_window_corrections_total",
+            "Final windows re-emitted with a higher revision because late data changed them.",
+            registry=registry,
+        )
+        self.windows = Counter(
+            "meterstream_windows_emitted_total",
+            "Window records emitted, by window size (s) and kind (final, revision).",
+            ["size", "kind"], registry=registry,
+        )
+        self.processing_lag = Histogram(
+            "meterstream_processing_lag_seconds",
+            "Time from the bridge receiving a body to the aggregation applying its reading.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.sweep_duration = Histogram(
+            "meterstream_sweep_duration_seconds",
+            "Time one partition's wall-clock sweep of quiet devices took.",
+            buckets=_LATENCY_BUCKETS, registry=registry,
         )

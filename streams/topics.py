@@ -39,6 +39,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_umeter_customer, parts, repl, compact),
         TopicSpec(settings.topic_umeter_measurements, parts, repl, compact),
         TopicSpec(settings.topic_smartme_devices, parts, repl, compact),
+        TopicSpec(settings.topic_ticks, parts, repl, {"retention.ms": str(3600 * 1000)}),
     ]
 
 

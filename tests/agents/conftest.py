@@ -23,6 +23,13 @@ class Sent:
     headers: Any = None
 
 
+def _delivered() -> asyncio.Future[None]:
+    """What Faust's send() returns: a future that resolves when Kafka acknowledged."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
 @dataclass
 class Outbox:
     """What agents sent, per topic name."""
@@ -33,11 +40,26 @@ class Outbox:
         return self.records.get(topic, [])
 
 
+class Clock:
+    """The pipeline's wall clock, moved by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Outbox]]:
+def clock() -> Clock:
+    return Clock(1_800_000_000.0)
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[Pipeline, Outbox]]:
     settings = Settings(store="memory://", state_dir=tmp_path / "state",
                         kafka_bootstrap="127.0.0.1:1")
-    pipeline = Pipeline(settings, clock=lambda: 1_800_000_000.0)
+    pipeline = Pipeline(settings, clock=clock)
     app = pipeline.app
     app.loop = asyncio.get_running_loop()
     app.finalize()
@@ -50,6 +72,19 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Outbox]]:
                        headers: Any = None, _name: str = topic.get_topic_name(),
                        **_: Any) -> None:
             outbox.records.setdefault(_name, []).append(Sent(key, value, timestamp, headers))
+            return _delivered()
 
         topic.send = send
     yield pipeline, outbox
+
+
+async def wait_until(condition: Any, timeout: float = 5.0) -> None:
+    """Agents batch events (take_events), so a put() returns before its batch ran."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "agent did not get there"
+        await asyncio.sleep(0.01)
+
+
+def counter(metric: Any) -> float:
+    return float(metric._value.get())

@@ -4,7 +4,7 @@ import orjson
 
 from streams.app import Pipeline
 from streams.protos_gen import smartme_realtime_pb2 as pb
-from tests.agents.conftest import Outbox
+from tests.agents.conftest import Outbox, counter, wait_until
 
 ORIGIN = {"source": b"cloud", "request-id": b"abc123", "received-at": b"2026-11-22T00:00:00Z"}
 
@@ -15,6 +15,7 @@ async def test_body_becomes_one_reading_record_per_device_data(
     app, outbox = pipeline
     async with app.decode_agent.test_context() as agent:
         await agent.put(value=seed_body, headers=ORIGIN)
+        await wait_until(lambda: counter(app.metrics.bodies) == 1)
     (sent,) = outbox.of(app.settings.topic_readings)
     assert sent.key == b"3bd0fce9-9f8e-4183-b3d1-0c1622a22ca1"
     assert sent.timestamp == 1571228444.978851  # Kafka timestamp = reading time
@@ -32,6 +33,7 @@ async def test_bad_body_is_dead_lettered_and_the_stream_goes_on(
     async with app.decode_agent.test_context() as agent:
         await agent.put(value=b"\xff\xff garbage", headers=ORIGIN)
         await agent.put(value=seed_body, headers=ORIGIN)
+        await wait_until(lambda: counter(app.metrics.bodies) == 1)
     (letter,) = outbox.of(app.settings.topic_deadletter)
     assert letter.value == b"\xff\xff garbage"
     assert b"not a DeviceDataArray" in letter.headers["error"]
@@ -50,6 +52,7 @@ async def test_implausible_timestamps_are_dead_lettered(
     body = pb.DeviceDataArray(DeviceDataItems=[item]).SerializeToString()
     async with app.decode_agent.test_context() as agent:
         await agent.put(value=body)
+        await wait_until(lambda: counter(app.metrics.deadletters) == 1)
     (letter,) = outbox.of(app.settings.topic_deadletter)
     assert b"implausible timestamp 1970-01-01T00:00:00Z" in letter.headers["error"]
     assert outbox.of(app.settings.topic_readings) == []

@@ -1,0 +1,253 @@
+"""Aggregation agent: ``meter.readings`` (+ wall-clock ticks) → ``meter.aggregates``.
+
+Faust glue around :mod:`streams.windows`. Per batch of events the agent groups readings
+by device, applies them (one state read and one write per device per batch), sweeps the
+quiet devices of every partition a tick arrived for, sends the window records, waits
+until Kafka acknowledged them and only then writes the new state. A crash can therefore
+lose state changes but never records: after a restart the readings are applied again,
+and since window contents are a pure function of the readings, anything re-emitted is
+identical to what was emitted before.
+
+Ticks are records on an internal topic with as many partitions as ``meter.readings``.
+Faust assigns equal-numbered partitions of co-subscribed topics to the same worker, so
+the tick for partition p reaches the worker that owns the devices of partition p, and
+table writes made while handling it go to the right changelog partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust.streams import _current_event
+
+from streams.windows import US, Aggregator, Device, Outcome, Sample
+
+if TYPE_CHECKING:
+    from streams.app import Pipeline
+
+log = logging.getLogger(__name__)
+
+_BATCH_WINDOW = 0.05
+# Ticks carry this key as well as their own topic, so they are recognisable wherever an
+# event comes from (Faust's test_context gives every event the same topic name).
+TICK_KEY = b"\x00meterstream-tick"
+
+
+class TableStore(MutableMapping[str, Any]):
+    """A Faust table (raw bytes) seen as a mapping of str → JSON value."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> Any:
+        raw = self.table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return orjson.loads(raw)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.table[key.encode()] = orjson.dumps(value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key.decode() for key in self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class SplitStore(MutableMapping[str, Any]):
+    """Heads (``device``) and chunks (``device|start``) in two tables, so a sweep can
+    iterate the small heads without reading chunks."""
+
+    def __init__(self, heads: TableStore, chunks: TableStore) -> None:
+        self.heads, self.chunks = heads, chunks
+
+    def _of(self, key: str) -> TableStore:
+        return self.chunks if "|" in key else self.heads
+
+    def __getitem__(self, key: str) -> Any:
+        return self._of(key)[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._of(key)[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._of(key)[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.heads
+        yield from self.chunks
+
+    def __len__(self) -> int:
+        return len(self.heads) + len(self.chunks)
+
+
+@contextlib.contextmanager
+def as_current(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event while touching a device's state.
+
+    Faust picks the RocksDB partition for table reads, and the changelog partition for
+    table writes, from the *current* event. In a ``take_events`` batch that is the last
+    event of the batch, which may belong to another partition than the device at hand.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _received_us(record: dict[str, Any]) -> int | None:
+    text = record.get("received_at")
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(moment.timestamp() * US)
+
+
+def aggregate_key(record: dict[str, Any]) -> bytes:
+    return f"{record['device_id']}|{record['size']}|{record['window_start']}".encode()
+
+
+def register(pipeline: Pipeline) -> Any:
+    settings = pipeline.settings
+    metrics = pipeline.metrics
+    app = pipeline.app
+    # Values are orjson bytes (the app's default serializers are raw).
+    heads_table = app.Table("aggregate-heads", key_type=bytes, value_type=bytes,
+                            partitions=settings.topic_partitions)
+    chunks_table = app.Table("aggregate-chunks", key_type=bytes, value_type=bytes,
+                             partitions=settings.topic_partitions)
+    heads = TableStore(heads_table)
+    store = SplitStore(heads, TableStore(chunks_table))
+    aggregator = Aggregator(settings.window_config(), store)
+    pipeline.aggregator = aggregator
+    pipeline.heads_table = heads_table
+    source = app.topic(settings.topic_readings, settings.topic_ticks, key_type=bytes,
+                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    def now_us() -> int:
+        return int(pipeline.clock() * US)
+
+    async def send_outcome(outcome: Outcome, late_records: dict[int, dict[str, Any]]) -> None:
+        futures = []
+        for record in outcome.emitted:
+            enriched = pipeline.enrich_aggregate(record)
+            futures.append(await pipeline.aggregates_topic.send(
+                key=aggregate_key(record), value=orjson.dumps(enriched),
+                timestamp=_window_start_s(record)))
+            metrics.windows.labels(str(record["size"]),
+                                   "revision" if record["revision"] else "final").inc()
+        for sample, reason in outcome.late:
+            original = late_records.get(sample.ts, {})
+            value = {**original, "late_reason": reason}
+            futures.append(await pipeline.late_topic.send(
+                key=str(original.get("device_id", "")).encode(), value=orjson.dumps(value),
+                timestamp=sample.ts / US))
+            log.info("late reading %s at %s: %s", original.get("device_id"),
+                     original.get("timestamp"), reason)
+        metrics.late.inc(len(outcome.late))
+        metrics.duplicates.inc(outcome.duplicates)
+        metrics.revisions.inc(outcome.revisions)
+        # Records first, state second: see the module docstring.
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def aggregate(stream: Any) -> None:
+        async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
+            by_device: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+            ticks = []
+            for event in events:
+                if event.message.topic == settings.topic_ticks or event.key == TICK_KEY:
+                    ticks.append(event)
+                    continue
+                try:
+                    record = orjson.loads(event.value)
+                    by_device.setdefault(record["device_id"], []).append((event, record))
+                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                    await pipeline.reject_reading(event, f"not a meter.readings record: {exc}")
+            outcome = Outcome()
+            touched: list[tuple[Device, Any]] = []
+            late_records: dict[int, dict[str, Any]] = {}
+            arrival = now_us()
+            devices: dict[str, tuple[Device, Any]] = {}
+            for device_id, items in by_device.items():
+                event = items[-1][0]
+                with as_current(event):
+                    device = aggregator.device(device_id)
+                device.head["partition"] = event.message.partition
+                samples = []
+                for _, record in items:
+                    try:
+                        samples.append(Sample.from_reading(record))
+                    except (KeyError, TypeError, ValueError) as exc:
+                        await pipeline.reject_reading(items[0][0], f"unusable reading: {exc}")
+                        continue
+                    late_records[samples[-1].ts] = record
+                    received = _received_us(record)
+                    if received is not None:
+                        metrics.processing_lag.observe(max(0, arrival - received) / US)
+                with as_current(event):
+                    outcome.merge(aggregator.apply(device, samples, arrival))
+                touched.append((device, event))
+                devices[device_id] = (device, event)
+                pipeline.observe_device(device_id, device.head, items[-1][1])
+            for tick in ticks:
+                outcome.merge(sweep_partition(tick, devices, touched))
+            await send_outcome(outcome, late_records)
+            for device, event in touched:
+                with as_current(event):
+                    device.flush()
+            metrics.aggregated.inc(sum(len(items) for items in by_device.values()))
+            metrics.ticks.inc(len(ticks))
+
+    def sweep_partition(tick: Any, devices: dict[str, tuple[Device, Any]],
+                        touched: list[tuple[Device, Any]]) -> Outcome:
+        partition = tick.message.partition
+        now = now_us()
+        outcome = Outcome()
+        began = time.perf_counter()
+        for key, raw in list(heads_table.items()):
+            head = orjson.loads(raw)
+            if head.get("partition") != partition:
+                continue
+            device_id = key.decode()
+            if device_id in devices:
+                device = devices[device_id][0]
+                if not aggregator.due(device.head, now):
+                    continue
+            elif aggregator.due(head, now):
+                with as_current(tick):
+                    device = aggregator.device(device_id)
+                touched.append((device, tick))
+            else:
+                continue
+            outcome.merge(aggregator.sweep(device, now))
+        metrics.sweep_duration.observe(time.perf_counter() - began)
+        return outcome
+
+    async def tick() -> None:
+        for partition in range(settings.topic_partitions):
+            await pipeline.ticks_topic.send(key=TICK_KEY, value=b"", partition=partition)
+
+    app.timer(settings.sweep_interval, on_leader=True)(tick)
+    return app.agent(source, name="aggregate")(aggregate)
+
+
+def _window_start_s(record: dict[str, Any]) -> float:
+    moment = datetime.fromisoformat(record["window_start"].replace("Z", "+00:00"))
+    return moment.timestamp()

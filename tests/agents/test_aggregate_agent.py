@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.agents.aggregate import TICK_KEY
+from streams.app import Pipeline
+from streams.codec import format_timestamp
+from tests.agents.conftest import Clock, Outbox, counter, wait_until
+
+DEVICE = "6513270e-269e-0d37-f2a7-4de452e6b438"
+T0 = 1_699_999_200  # 2023-11-14T22:00:00Z
+
+
+def reading(minute: float, imp: float | None = None, power: float | None = None,
+            device: str = DEVICE) -> bytes:
+    ts_us = int((T0 + minute * 60) * 1_000_000)
+    values = []
+    if imp is not None:
+        values.append({"obis": "1-0:1.8.0*255", "value": imp * 1000, "normalised": imp,
+                       "quantity": "active_energy_import", "unit": "Wh"})
+    if power is not None:
+        values.append({"obis": "1-0:1.7.0*255", "value": power, "normalised": power,
+                       "quantity": "active_power_import", "unit": "W"})
+    return orjson.dumps({"device_id": device, "timestamp": format_timestamp(ts_us),
+                         "timestamp_us": ts_us, "values": values, "source": "test",
+                         "received_at": "2026-11-22T00:00:00.000Z", "request_id": "r"})
+
+
+def windows(outbox: Outbox, pipeline: Pipeline) -> dict[bytes, dict[str, Any]]:
+    return {sent.key: orjson.loads(sent.value)
+            for sent in outbox.of(pipeline.settings.topic_aggregates)}
+
+
+async def test_readings_become_final_windows_keyed_for_compaction(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        for minute, imp in ((0, 100.0), (1, 130.0), (10, 130.0)):
+            await agent.put(key=DEVICE.encode(), value=reading(minute, imp, power=1800.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 3)
+    emitted = windows(outbox, app)
+    first = emitted[f"{DEVICE}|60|2023-11-14T22:00:00Z".encode()]
+    assert first["energy_import_wh"] == 30.0
+    assert first["power_mean_w"] == 1800.0
+    assert (first["final"], first["revision"], first["samples"]) == (True, 0, 1)
+    assert app.metrics.windows.labels("60", "final")._value.get() == len(
+        [w for w in emitted.values() if w["size"] == 60])
+
+
+async def test_replayed_readings_change_nothing(pipeline: tuple[Pipeline, Outbox]) -> None:
+    app, outbox = pipeline
+    trace = [reading(m, 100.0 + m, power=60.0) for m in range(0, 12)]
+    async with app.aggregate_agent.test_context() as agent:
+        for body in trace:
+            await agent.put(key=DEVICE.encode(), value=body)
+        await wait_until(lambda: counter(app.metrics.aggregated) == len(trace))
+        sent = len(outbox.of(app.settings.topic_aggregates))
+        assert sent > 0
+        for body in trace:  # a webhook retry storm / a replay after a restart
+            await agent.put(key=DEVICE.encode(), value=body)
+        await wait_until(lambda: counter(app.metrics.aggregated) == 2 * len(trace))
+    assert len(outbox.of(app.settings.topic_aggregates)) == sent
+    assert app.metrics.duplicates._value.get() == len(trace)
+
+
+async def test_too_late_readings_go_to_meter_late(pipeline: tuple[Pipeline, Outbox]) -> None:
+    app, outbox = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=DEVICE.encode(), value=reading(0, 100.0))
+        await agent.put(key=DEVICE.encode(), value=reading(7 * 60, 200.0))
+        await agent.put(key=DEVICE.encode(), value=reading(10, 110.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 3)
+    (late,) = outbox.of(app.settings.topic_late)
+    record = orjson.loads(late.value)
+    assert record["timestamp"] == "2023-11-14T22:10:00Z"
+    assert "allowed lateness" in record["late_reason"]
+    assert app.metrics.late._value.get() == 1
+
+
+async def test_a_tick_finalizes_the_windows_of_a_quiet_device(
+    pipeline: tuple[Pipeline, Outbox], clock: Clock
+) -> None:
+    app, outbox = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        clock.now = T0 + 60
+        await agent.put(key=DEVICE.encode(), value=reading(0, 100.0, power=10.0))
+        await agent.put(key=DEVICE.encode(), value=reading(0.5, 105.0, power=20.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 2)
+        assert windows(outbox, app) == {}
+        clock.now = T0 + 2 * 3600  # two hours of silence
+        await agent.put(key=TICK_KEY, value=b"", partition=0)
+        await wait_until(lambda: counter(app.metrics.ticks) == 1)
+    emitted = windows(outbox, app)
+    assert {(w["size"], w["window_start"]) for w in emitted.values()} == {
+        (60, "2023-11-14T22:00:00Z"), (900, "2023-11-14T22:00:00Z"),
+        (3600, "2023-11-14T22:00:00Z")}
+    assert all(w["final"] for w in emitted.values())
+
+
+async def test_a_broken_reading_record_is_dead_lettered(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=b"x", value=b"{not json")
+        await agent.put(key=DEVICE.encode(), value=reading(0, 1.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 1)
+    (letter,) = outbox.of(app.settings.topic_deadletter)
+    assert b"not a meter.readings record" in letter.headers["error"]
+    assert app.device_snapshot(DEVICE) is not None
+
+
+async def test_device_snapshot_shows_latest_reading_and_open_windows(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, _ = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=DEVICE.encode(), value=reading(0, 100.0, power=5.0))
+        await agent.put(key=DEVICE.encode(), value=reading(0.5, 101.0, power=7.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 2)
+    snapshot = app.device_snapshot(DEVICE)
+    assert snapshot is not None
+    assert snapshot["event_time"] == "2023-11-14T22:00:30Z"
+    assert snapshot["latest_reading"]["power"] == 7.0
+    assert {w["size"] for w in snapshot["open_windows"]} == {60, 900, 3600}
+    assert all(not w["final"] for w in snapshot["open_windows"])
+    assert app.device_snapshot("00000000-0000-0000-0000-000000000000") is None
