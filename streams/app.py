@@ -88,6 +88,11 @@ class Pipeline:
                        latest: dict[str, Any]) -> None:
         """Called once per device and batch with its state head and newest reading."""
 
+    async def flush_changelogs(self) -> None:
+        from streams.agents.aggregate import flush_changelogs
+
+        await flush_changelogs(self.app)
+
     async def reject_reading(self, event: Any, reason: str) -> None:
         """A meter.readings record the aggregation cannot use: dead-letter it, go on."""
         message = event.message

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streams.codec import first_device_key
 from streams.config import Credential, Settings
 from streams.metrics import BridgeMetrics
 from streams.topics import ensure_topics, topic_specs
@@ -228,7 +229,8 @@ class Bridge:
         produce_began = time.perf_counter()
         try:
             meta = await asyncio.wait_for(
-                producer.send_and_wait(self.settings.topic_raw, body, headers=headers),
+                producer.send_and_wait(self.settings.topic_raw, body,
+                                       key=first_device_key(body), headers=headers),
                 self.settings.bridge_produce_timeout,
             )
         except (TimeoutError, KafkaError) as exc:

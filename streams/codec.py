@@ -216,3 +216,55 @@ def check_plausible(readings: list[Reading], earliest_us: int, latest_us: int) -
                 f"item {index}: implausible timestamp {format_timestamp(reading.timestamp_us)} "
                 f"(accepted {format_timestamp(earliest_us)} .. {format_timestamp(latest_us)})"
             )
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def first_device_key(body: bytes) -> bytes | None:
+    """The first DeviceData's device id (UUID text) read from the first bytes of a body,
+    without decoding it; None when the body does not start like a DeviceDataArray.
+
+    The bridge keys raw records with it, so one device's bodies stay in one partition and
+    its readings keep their order through decoding even when a backlog is replayed.
+    """
+    try:
+        if not body or body[0] != 0x0A:  # field 1 (DeviceDataItems), length-delimited
+            return None
+        length, pos = _varint(body, 1)
+        end = min(pos + length, len(body))
+        while pos < end:
+            tag, pos = _varint(body, pos)
+            if tag == 0x0A:  # DeviceData field 1 (DeviceId), length-delimited
+                size, pos = _varint(body, pos)
+                guid = body[pos:pos + size]
+                if len(guid) == 18 and guid[0] == 0x09 and guid[9] == 0x11:
+                    lo = int.from_bytes(guid[1:9], "little")
+                    hi = int.from_bytes(guid[10:18], "little")
+                    return str(uuid.UUID(bytes_le=_GUID.pack(lo, hi))).encode()
+                return None
+            wire = tag & 7
+            if wire == 2:
+                size, pos = _varint(body, pos)
+                pos += size
+            elif wire == 0:
+                _, pos = _varint(body, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                return None
+    except (IndexError, ValueError):
+        return None
+    return None

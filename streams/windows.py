@@ -322,7 +322,9 @@ class Aggregator:
         for sample in samples:
             event_time = head["event_time"]
             if event_time is not None and sample.ts < event_time - self.lateness_us:
-                outcome.late.append((sample, "older than event time minus allowed lateness"))
+                outcome.late.append((sample, (
+                    f"older than the device's event time {format_timestamp(event_time)} minus "
+                    f"the allowed lateness ({self.config.allowed_lateness} s)")))
                 continue
             inserted = self._insert(device, sample, outcome)
             if not inserted:

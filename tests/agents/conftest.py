@@ -75,6 +75,11 @@ async def pipeline(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[Pipeline
             return _delivered()
 
         topic.send = send
+
+    async def no_producer() -> None:  # test_context runs without a Kafka producer
+        pass
+
+    pipeline.flush_changelogs = no_producer  # type: ignore[method-assign]
     yield pipeline, outbox
 
 

@@ -62,15 +62,14 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
     raise RuntimeError(f"the embedded Kafka broker did not start: {last}")
 
 
-@pytest.fixture
-def settings(kafka: EmbeddedKafka, tmp_path: Path) -> Settings:
-    """Settings unique to one test: own topics, consumer group, ports and state dir."""
+def unique_settings(kafka: EmbeddedKafka, state_dir: Path) -> Settings:
+    """Settings no other test shares: own topics, consumer group, ports and state dir."""
     suffix = uuid.uuid4().hex[:8]
     base = Settings(
         kafka_bootstrap=kafka.bootstrap,
         app_id=f"meterstream-test-{suffix}",
         topic_partitions=3,
-        state_dir=tmp_path / "state",
+        state_dir=state_dir,
         bridge_port=free_port(),
         worker_port=free_port(),
         bridge_credentials=(Credential("test", USER, PASSWORD),),
@@ -79,6 +78,11 @@ def settings(kafka: EmbeddedKafka, tmp_path: Path) -> Settings:
     )
     topics = {name: f"{value}.{suffix}" for name, value in base.all_topics.items()}
     return base.replace(**topics)
+
+
+@pytest.fixture
+def settings(kafka: EmbeddedKafka, tmp_path: Path) -> Settings:
+    return unique_settings(kafka, tmp_path / "state")
 
 
 @contextlib.asynccontextmanager
@@ -212,6 +216,19 @@ async def topic_size(bootstrap: str, topic: str) -> int:
         return sum(ends.values())
     finally:
         await consumer.stop()
+
+
+async def metric_value(url: str, name: str) -> float | None:
+    """One sample of a Prometheus text endpoint (None when absent or unreachable)."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            text = await response.text()
+    except (aiohttp.ClientError, OSError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def header(record: ConsumerRecord, name: str) -> str | None:

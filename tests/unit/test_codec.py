@@ -247,3 +247,26 @@ def test_mutated_seed_bodies_only_ever_raise_decode_error(seed_body: bytes) -> N
         cut = rng.choice([len(body), rng.randrange(len(body) + 1)])
         with contextlib.suppress(DecodeError):
             decoder.decode(bytes(body[:cut]))
+
+
+def test_first_device_key_reads_the_id_without_decoding(seed_body: bytes) -> None:
+    from streams.codec import first_device_key
+
+    assert first_device_key(seed_body) == b"3bd0fce9-9f8e-4183-b3d1-0c1622a22ca1"
+    second = uuid.uuid4()
+    body = _body(_item(pb.DateTime(value=1)), pb.DeviceData(DeviceId=_guid(second)))
+    assert first_device_key(body) == str(DEVICE).encode()  # the first item decides
+    # DateTime before DeviceId in the item still works.
+    item = pb.DeviceData(DateTime=pb.DateTime(value=5)).SerializeToString() + \
+        b"\x0a\x12" + _guid(second).SerializeToString()
+    assert first_device_key(b"\x0a" + bytes([len(item)]) + item) == str(second).encode()
+    for junk in (b"", b"garbage", seed_body[:5], b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"):
+        assert first_device_key(junk) is None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=64))
+def test_first_device_key_never_raises(body: bytes) -> None:
+    from streams.codec import first_device_key
+
+    first_device_key(body)

@@ -3,7 +3,6 @@ computed independently (interpolated cumulative registers over the sorted readin
 
 from __future__ import annotations
 
-import bisect
 import random
 from typing import Any
 
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from streams.codec import format_timestamp
 from streams.windows import US, Aggregator, Outcome, Sample, WindowConfig
+from tests import reference
 
 T0 = 1_699_999_200 * US  # 2023-11-14T22:00:00Z, aligned to the hour
 MIN = 60 * US
@@ -63,51 +63,11 @@ def s(minute: float, imp: float | None = None, exp: float | None = None,
 
 
 # -- reference -------------------------------------------------------------------------------
-def reference(samples: list[Sample], size: int, start: int) -> dict[str, Any]:
-    ordered = sorted(samples, key=lambda x: x.ts)
-    end = start + size * US
-    result: dict[str, Any] = {}
-    resets = 0
-    for name, field in (("import", 1), ("export", 2)):
-        points = [(x.ts, x[field]) for x in ordered if x[field] is not None]
-        cumulative, total = [], 0.0
-        for i, (t, v) in enumerate(points):
-            if i and v >= points[i - 1][1]:
-                total += v - points[i - 1][1]
-            elif i and start <= t < end:
-                resets += 1
-            cumulative.append((t, total))
-        if len(points) < 2 or end <= points[0][0] or start >= points[-1][0]:
-            result[f"energy_{name}_wh"] = None
-            continue
-
-        def at(t: int, cum: list[tuple[int, float]] = cumulative) -> float:
-            times = [c[0] for c in cum]
-            i = bisect.bisect_right(times, t) - 1
-            if i >= len(cum) - 1:
-                return cum[-1][1]
-            (t1, c1), (t2, c2) = cum[i], cum[i + 1]
-            return c1 + (c2 - c1) * (t - t1) / (t2 - t1)
-
-        result[f"energy_{name}_wh"] = at(min(end, points[-1][0])) - at(max(start, points[0][0]))
-    inside = [x for x in ordered if start <= x.ts < end]
-    powers = [(x.ts, x.power) for x in inside if x.power is not None]
-    if powers:
-        area = sum(p * ((powers[i + 1][0] if i + 1 < len(powers) else end) - t)
-                   for i, (t, p) in enumerate(powers))
-        result["power_mean_w"] = area / (end - powers[0][0])
-        result["power_max_w"] = max(p for _, p in powers)
-        result["power_last_w"] = powers[-1][1]
-    result["samples"] = len(inside)
-    result["resets"] = resets
-    return result
-
-
 def assert_matches_reference(run: Run, samples: list[Sample]) -> None:
     assert run.latest, "nothing was emitted"
+    readings = [(x.ts, x.imp, x.exp, x.power) for x in samples]
     for (size, _), record in run.latest.items():
-        start = _parse(record["window_start"])
-        want = reference(samples, size, start)
+        want = reference.window(readings, size, _parse(record["window_start"]))
         for key, value in want.items():
             got = record[key]
             if value is None or isinstance(value, int):
