@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
@@ -20,6 +21,11 @@ def run(settings: Settings) -> int:
     pipeline = Pipeline(settings)
     setup_prometheus_sensors(pipeline.app, registry=pipeline.registry,
                              name_prefix="meterstream_faust")
+    # aiokafka and Faust log every produced message at DEBUG; with their loggers left at
+    # NOTSET the records are built and only then dropped by the handler (~10% of a busy
+    # worker's time in a profile), so set the level where the check is cheap.
+    for name in ("aiokafka", "faust", "mode"):
+        logging.getLogger(name).setLevel(settings.log_level.upper())
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level, loop=loop)
     worker.execute_from_commandline()
     return 0

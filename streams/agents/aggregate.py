@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
@@ -157,6 +158,10 @@ def register(pipeline: Pipeline) -> Any:
     source = app.topic(settings.topic_readings, settings.topic_ticks, key_type=bytes,
                        value_type=bytes, key_serializer="raw", value_serializer="raw")
 
+    @functools.cache
+    def window_counter(size: int, revision: bool) -> Any:
+        return metrics.windows.labels(str(size), "revision" if revision else "final")
+
     def now_us() -> int:
         return int(pipeline.clock() * US)
 
@@ -164,17 +169,17 @@ def register(pipeline: Pipeline) -> Any:
         futures = []
         for record in outcome.emitted:
             enriched = pipeline.enrich_aggregate(record)
-            futures.append(await pipeline.aggregates_topic.send(
-                key=aggregate_key(record), value=orjson.dumps(enriched),
-                timestamp=_window_start_s(record)))
-            metrics.windows.labels(str(record["size"]),
-                                   "revision" if record["revision"] else "final").inc()
+            futures.append(await pipeline.produce(
+                settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
+                device_id=record["device_id"], timestamp=_window_start_s(record)))
+            window_counter(record["size"], bool(record["revision"])).inc()
         for sample, reason in outcome.late:
             original = late_records.get(sample.ts, {})
             value = {**original, "late_reason": reason}
-            futures.append(await pipeline.late_topic.send(
-                key=str(original.get("device_id", "")).encode(), value=orjson.dumps(value),
-                timestamp=sample.ts / US))
+            device = str(original.get("device_id", ""))
+            futures.append(await pipeline.produce(
+                settings.topic_late, orjson.dumps(value), key=device.encode(),
+                device_id=device, timestamp=sample.ts / US))
             log.info("late reading %s at %s: %s", original.get("device_id"),
                      original.get("timestamp"), reason)
         metrics.late.inc(len(outcome.late))

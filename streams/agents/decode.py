@@ -47,8 +47,6 @@ def register(pipeline: Pipeline) -> Any:
     settings = pipeline.settings
     decoder = pipeline.decoder
     metrics = pipeline.metrics
-    readings_topic = pipeline.readings_topic
-    deadletter_topic = pipeline.deadletter_topic
     min_us = _year_start_us(settings.min_reading_year)
 
     async def dead_letter(event: Any, body: bytes, origin: dict[str, bytes], reason: str) -> None:
@@ -60,7 +58,8 @@ def register(pipeline: Pipeline) -> Any:
             "origin-partition": str(message.partition).encode(),
             "origin-offset": str(message.offset).encode(),
         }
-        await deadletter_topic.send(key=message.key, value=body, headers=headers)
+        await pipeline.produce(settings.topic_deadletter, body, key=message.key,
+                               headers=headers)
         metrics.deadletters.inc()
         log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
                     message.partition, message.offset, len(body), reason)
@@ -77,13 +76,13 @@ def register(pipeline: Pipeline) -> Any:
                 except DecodeError as exc:
                     await dead_letter(event, body, origin, exc.reason)
                     continue
-                passthrough = {k: origin[k] for k in ("source", "request-id") if k in origin}
+                passthrough: dict[str, bytes] = {
+                    k: origin[k] for k in ("source", "request-id") if k in origin}
                 for reading in readings:
-                    await readings_topic.send(
-                        key=reading.device_id.encode(),
-                        value=reading_record(reading, origin),
-                        timestamp=reading.timestamp_us / 1_000_000,
-                        headers=passthrough,
+                    await pipeline.produce(
+                        settings.topic_readings, reading_record(reading, origin),
+                        key=reading.device_id.encode(), device_id=reading.device_id,
+                        timestamp=reading.timestamp_us / 1_000_000, headers=passthrough,
                     )
                 metrics.bodies.inc()
                 metrics.readings.inc(len(readings))
