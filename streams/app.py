@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
 from streams.codec import Decoder, format_timestamp
-from streams.config import Settings
-from streams.metrics import WorkerMetrics
+from streams.config import ConfigError, Settings
+from streams.metrics import DeviceMetrics, WorkerMetrics
+from streams.offline import Meter, is_online, last_seen, load_inventory
 from streams.windows import Aggregator, Sample
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,16 @@ class Pipeline:
         self.metrics = WorkerMetrics(self.registry)
         self.clock = clock
         self._partitions: dict[tuple[str, str], int] = {}
+        self.thresholds = settings.thresholds()
+        self.inventory: dict[str, Meter] = {}
+        if settings.inventory_file is not None:
+            try:
+                self.inventory = load_inventory(settings.inventory_file)
+            except ValueError as exc:
+                raise ConfigError(f"METERSTREAM_INVENTORY_FILE: {exc}") from exc
+        self.device_metrics = DeviceMetrics(self.registry, clock, lag=self._consumer_lag)
         self.app = make_faust_app(settings)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.decoder = Decoder(settings.obis_scales, settings.local_timezone)
         self.raw_topic = self._topic(settings.topic_raw)
         self.ticks_topic = self._topic(settings.topic_ticks)
@@ -108,9 +119,65 @@ class Pipeline:
         """The window record as published (customer/EAN enrichment hooks in here)."""
         return record
 
-    def observe_device(self, device_id: str, head: dict[str, Any],
-                       latest: dict[str, Any]) -> None:
-        """Called once per device and batch with its state head and newest reading."""
+    def enrich_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """The alert record as published (customer/EAN enrichment hooks in here)."""
+        return alert
+
+    def meter(self, device_id: str) -> Meter | None:
+        """What the inventory says about a meter (None for meters nobody listed)."""
+        return self.inventory.get(device_id)
+
+    def expected_meters(self) -> dict[str, Meter]:
+        return self.inventory
+
+    def threshold(self, device_id: str, meter: Meter | None) -> float:
+        if meter is not None and meter.threshold is not None:
+            return meter.threshold
+        return self.thresholds.for_device(device_id, meter.device_class if meter else None)
+
+    def partition_of(self, device_id: str) -> int | None:
+        return self._partition(self.settings.topic_readings, device_id)
+
+    def observe_head(self, device_id: str, head: dict[str, Any]) -> None:
+        """Refresh a device's metrics from its state head (after a batch or a sweep)."""
+        latest = head.get("latest")
+        watch = head.get("watch") or {}
+        seen = last_seen(head)
+        self.device_metrics.update(device_id, {
+            "partition": head.get("partition"),
+            "power": latest[3] if latest else None,
+            "import": latest[1] if latest else None,
+            "export": latest[2] if latest else None,
+            "reading": latest[0] / 1e6 if latest else None,
+            "seen": seen / 1e6 if seen is not None else None,
+            "online": 1 if is_online(head) else 0,
+            "threshold": watch.get("threshold"),
+        })
+
+    async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
+                          **_: Any) -> None:
+        revoked = args[0] if args else set()
+        self.device_metrics.drop_partitions(
+            {tp.partition for tp in revoked if tp.topic == self.settings.topic_readings})
+
+    def _consumer_lag(self) -> list[tuple[str, int, int]]:
+        consumer = self.app.consumer
+        sources = {self.settings.topic_raw, self.settings.topic_readings}
+        lags: list[tuple[str, int, int]] = []
+        try:
+            assignment = sorted(consumer.assignment())
+        except ConsumerNotStarted:
+            return lags  # scraped before the worker joined the group
+        for tp in assignment:
+            if tp.topic not in sources:
+                continue
+            end = consumer.highwater(tp)
+            if end is None:
+                continue  # no fetch position yet right after an assignment
+            # Faust keeps the offsets it committed; lag = end offset - committed offset.
+            committed = getattr(consumer, "_committed_offset", {}).get(tp) or 0
+            lags.append((tp.topic, tp.partition, max(0, int(end) - int(committed))))
+        return lags
 
     async def flush_changelogs(self) -> None:
         from streams.agents.aggregate import flush_changelogs

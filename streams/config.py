@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streams import obis
+from streams.offline import ThresholdError, Thresholds
 from streams.windows import WindowConfig
 
 PREFIX = "METERSTREAM_"
@@ -172,6 +173,20 @@ class Settings:
         10.0, "Seconds between wall-clock sweeps that finalize windows of quiet devices."
     )
 
+    # --- Offline detection -------------------------------------------------------------------
+    offline_threshold: float = _setting(
+        900.0, "Seconds without data after which a meter is offline (smart-me's own rule: "
+        "15 minutes)."
+    )
+    offline_thresholds: str = _setting(
+        "", "Overrides, comma separated: `id:<device id>=s`, `prefix:<id start>=s`, "
+        "`class:<meter class>=s` (most specific wins; e.g. `class:mbus=3600`)."
+    )
+    inventory_file: Path | None = _setting(
+        None, "CSV (`device_id,class,name,serial`) or JSON list of meters that should be "
+        "sending; never-seen ones are reported offline from the start."
+    )
+
     # --- UMeter (customer / EAN data and grid-operator measurements) -----------------------
     umeter_auth_url: str = _setting("https://auth.umeter.nl/token", "UMeter token endpoint.")
     umeter_app_url: str = _setting("https://app.umeter.nl", "UMeter app API base (/api/customer).")
@@ -231,8 +246,9 @@ class Settings:
         for name, f in known.items():
             if name in env:
                 values[f.name] = _parse(f, name, env[name])
-        settings = cls(**values)
-        return settings._with_secret_files()
+        settings = cls(**values)._with_secret_files()
+        settings.thresholds()  # fail at start, not at the first sweep
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """The ``METERSTREAM_*`` variables that reproduce these settings in a child process."""
@@ -263,6 +279,12 @@ class Settings:
                                   f"{self.umeter_password_file}: {exc}") from exc
             settings = settings.replace(umeter_password=password)
         return settings
+
+    def thresholds(self) -> Thresholds:
+        try:
+            return Thresholds.parse(self.offline_threshold, self.offline_thresholds)
+        except ThresholdError as exc:
+            raise ConfigError(f"{PREFIX}OFFLINE_THRESHOLDS: {exc}") from exc
 
     def window_config(self) -> WindowConfig:
         return WindowConfig(sizes=self.window_sizes, grace=self.window_grace,

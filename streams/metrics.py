@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BYTES_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
@@ -67,6 +71,11 @@ class WorkerMetrics:
             "Readings consumed by the aggregation (applied, duplicate or late).",
             registry=registry,
         )
+        self.alerts = Counter(
+            "meterstream_alerts_total",
+            "Offline/online transitions sent to meter.alerts, by new state.",
+            ["state"], registry=registry,
+        )
         self.ticks = Counter(
             "meterstream_sweep_ticks_total",
             "Wall-clock ticks handled (each sweeps one partition's quiet devices).",
@@ -103,3 +112,103 @@ class WorkerMetrics:
             "Time one partition's wall-clock sweep of quiet devices took.",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
+
+
+class DeviceMetrics:
+    """Per-device gauges computed at scrape time from the worker's own device views.
+
+    The views hold only devices of partitions this worker owns right now: when Kafka
+    moves a partition away, its devices are dropped, so two workers never export the
+    same meter and a lost partition leaves no stale series behind.
+    """
+
+    _GAUGES = (
+        ("power_watts", "Latest active power (1-0:1.7.0) of the meter.", "power"),
+        ("import_energy_watt_hours", "Latest import register (1-0:1.8.0).", "import"),
+        ("export_energy_watt_hours", "Latest export register (1-0:2.8.0).", "export"),
+        ("last_reading_timestamp_seconds", "Time stamp of the newest reading (meter clock).",
+         "reading"),
+        ("last_seen_timestamp_seconds", "When data from the meter last arrived at the bridge.",
+         "seen"),
+        ("online", "1 while the meter is online, 0 once it is offline.", "online"),
+        ("offline_threshold_seconds", "Silence after which the meter counts as offline.",
+         "threshold"),
+    )
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float],
+                 lag: Callable[[], Iterable[tuple[str, int, int]]] | None = None) -> None:
+        self.views: dict[str, dict[str, Any]] = {}
+        self.windows: dict[tuple[str, int], tuple[int, float | None, float | None]] = {}
+        self.clock = clock
+        self.lag = lag
+        registry.register(self)
+
+    def update(self, device_id: str, view: dict[str, Any]) -> None:
+        self.views[device_id] = view
+
+    def window(self, device_id: str, size: int, start_us: int, imp: float | None,
+               exp: float | None) -> None:
+        known = self.windows.get((device_id, size))
+        if known is None or start_us >= known[0]:
+            self.windows[(device_id, size)] = (start_us, imp, exp)
+
+    def keep_partitions(self, partition: int, present: set[str]) -> None:
+        """Forget devices of `partition` that this worker no longer holds."""
+        for device_id in [d for d, v in self.views.items()
+                          if v["partition"] == partition and d not in present]:
+            self._forget(device_id)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for device_id in [d for d, v in self.views.items() if v["partition"] in partitions]:
+            self._forget(device_id)
+
+    def _forget(self, device_id: str) -> None:
+        self.views.pop(device_id, None)
+        for key in [k for k in self.windows if k[0] == device_id]:
+            del self.windows[key]
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily; nothing to register up front
+
+    def collect(self) -> Iterator[Any]:
+        now = self.clock()
+        labels = ["device_id"]
+        families = {field: GaugeMetricFamily(f"meterstream_device_{name}", doc, labels=labels)
+                    for name, doc, field in self._GAUGES}
+        since = GaugeMetricFamily("meterstream_device_seconds_since_last_seen",
+                                  "Seconds since data from the meter last arrived (at scrape).",
+                                  labels=labels)
+        counts = {"online": 0, "offline": 0}
+        for device_id, view in self.views.items():
+            for field, family in families.items():
+                value = view.get(field)
+                if value is not None:
+                    family.add_metric([device_id], float(value))
+            if view.get("seen") is not None:
+                since.add_metric([device_id], max(0.0, now - view["seen"]))
+            counts["online" if view.get("online", 1) else "offline"] += 1
+        yield from families.values()
+        yield since
+        fleet = GaugeMetricFamily("meterstream_devices",
+                                  "Meters held by this worker, by online state.",
+                                  labels=["state"])
+        for state, count in counts.items():
+            fleet.add_metric([state], count)
+        yield fleet
+        for name, index in (("import", 1), ("export", 2)):
+            family = GaugeMetricFamily(
+                f"meterstream_device_window_{name}_energy_watt_hours",
+                f"Energy ({name}) of the meter's newest final window, by window size (s).",
+                labels=["device_id", "size"])
+            for (device_id, size), window in self.windows.items():
+                value = window[index]
+                if value is not None and device_id in self.views:
+                    family.add_metric([device_id, str(size)], value)
+            yield family
+        if self.lag is not None:
+            family = GaugeMetricFamily("meterstream_consumer_lag_records",
+                                       "Records not yet consumed, per source topic partition.",
+                                       labels=["topic", "partition"])
+            for topic, partition, lag in self.lag():
+                family.add_metric([topic, str(partition)], lag)
+            yield family

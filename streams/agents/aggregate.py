@@ -24,12 +24,14 @@ import logging
 import time
 import weakref
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from faust.streams import _current_event
 
+from streams import offline
 from streams.windows import US, Aggregator, Device, Outcome, Sample
 
 if TYPE_CHECKING:
@@ -137,6 +139,19 @@ def _received_us(record: dict[str, Any]) -> int | None:
     return int(moment.timestamp() * US)
 
 
+@dataclass
+class Batch:
+    """Everything one batch of events changes, sent and written at its end."""
+
+    now: int
+    outcome: Outcome = field(default_factory=Outcome)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    devices: dict[str, Device] = field(default_factory=dict)
+    touched: list[tuple[Device, Any]] = field(default_factory=list)
+    late_records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+
+
 def aggregate_key(record: dict[str, Any]) -> bytes:
     return f"{record['device_id']}|{record['size']}|{record['window_start']}".encode()
 
@@ -165,7 +180,8 @@ def register(pipeline: Pipeline) -> Any:
     def now_us() -> int:
         return int(pipeline.clock() * US)
 
-    async def send_outcome(outcome: Outcome, late_records: dict[int, dict[str, Any]]) -> None:
+    async def send_outcome(batch: Batch) -> None:
+        outcome = batch.outcome
         futures = []
         for record in outcome.emitted:
             enriched = pipeline.enrich_aggregate(record)
@@ -173,8 +189,11 @@ def register(pipeline: Pipeline) -> Any:
                 settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
                 device_id=record["device_id"], timestamp=_window_start_s(record)))
             window_counter(record["size"], bool(record["revision"])).inc()
+            pipeline.device_metrics.window(
+                record["device_id"], record["size"], int(_window_start_s(record) * US),
+                record["energy_import_wh"], record["energy_export_wh"])
         for sample, reason in outcome.late:
-            original = late_records.get(sample.ts, {})
+            original = batch.late_records.get(sample.ts, {})
             value = {**original, "late_reason": reason}
             device = str(original.get("device_id", ""))
             futures.append(await pipeline.produce(
@@ -182,12 +201,100 @@ def register(pipeline: Pipeline) -> Any:
                 device_id=device, timestamp=sample.ts / US))
             log.info("late reading %s at %s: %s", original.get("device_id"),
                      original.get("timestamp"), reason)
+        for alert in batch.alerts:
+            enriched = pipeline.enrich_alert(alert)
+            futures.append(await pipeline.produce(
+                settings.topic_alerts, orjson.dumps(enriched),
+                key=alert["device_id"].encode(), device_id=alert["device_id"]))
+            metrics.alerts.labels(alert["state"]).inc()
+            log.warning("meter %s is %s (last seen %s, threshold %.0f s)", alert["device_id"],
+                        alert["state"].upper(), alert["last_seen"], alert["threshold_s"])
         metrics.late.inc(len(outcome.late))
         metrics.duplicates.inc(outcome.duplicates)
         metrics.revisions.inc(outcome.revisions)
         # Records first, state second: see the module docstring.
         if futures:
             await asyncio.gather(*futures)
+
+    def apply_readings(batch: Batch, device_id: str,
+                       items: list[tuple[Any, dict[str, Any]]]) -> None:
+        event = items[-1][0]
+        with as_current(event):
+            device = aggregator.device(device_id)
+        head = device.head
+        head["partition"] = event.message.partition
+        samples = []
+        for _, record in items:
+            try:
+                samples.append(Sample.from_reading(record))
+            except (KeyError, TypeError, ValueError) as exc:
+                batch.rejected.append((items[0][0], f"unusable reading: {exc}"))
+                continue
+            batch.late_records[samples[-1].ts] = record
+            received = _received_us(record)
+            if received is not None:
+                metrics.processing_lag.observe(max(0, batch.now - received) / US)
+                head["received"] = max(head.get("received") or 0, received)
+        with as_current(event):
+            batch.outcome.merge(aggregator.apply(device, samples, batch.now))
+        meter = pipeline.meter(device_id)
+        back = offline.seen(device_id, head, batch.now, meter,
+                            pipeline.threshold(device_id, meter))
+        if back is not None:
+            batch.alerts.append(back)
+        batch.touched.append((device, event))
+        batch.devices[device_id] = device
+        pipeline.observe_head(device_id, head)
+
+    def sweep_partition(batch: Batch, tick: Any) -> None:
+        """Wall-clock duties for one partition: finalize quiet devices' windows, detect
+        offline meters, start watching never-seen inventory meters, refresh metrics."""
+        partition = tick.message.partition
+        now = batch.now
+        began = time.perf_counter()
+        present: set[str] = set()
+        for key, raw in list(heads_table.items()):
+            head = orjson.loads(raw)
+            if head.get("partition") != partition:
+                continue
+            device_id = key.decode()
+            present.add(device_id)
+            device = batch.devices.get(device_id)
+            current = device.head if device is not None else head
+            meter = pipeline.meter(device_id)
+            threshold = pipeline.threshold(device_id, meter)
+            if not (aggregator.due(current, now) or offline.due(current, now, threshold)):
+                pipeline.observe_head(device_id, current)
+                continue
+            if device is None:
+                # The device lives in the tick's partition: its state is read from there.
+                with as_current(tick):
+                    device = aggregator.device(device_id)
+                batch.devices[device_id] = device
+                batch.touched.append((device, tick))
+            with as_current(tick):
+                batch.outcome.merge(aggregator.sweep(device, now))
+            gone = offline.check(device_id, device.head, now, threshold, meter)
+            if gone is not None:
+                batch.alerts.append(gone)
+            device.mark_head()
+            pipeline.observe_head(device_id, device.head)
+        for device_id, meter in pipeline.expected_meters().items():
+            if device_id in present or device_id in batch.devices:
+                continue
+            if pipeline.partition_of(device_id) != partition:
+                continue
+            with as_current(tick):
+                device = aggregator.device(device_id)
+            device.head["partition"] = partition
+            offline.check(device_id, device.head, now, pipeline.threshold(device_id, meter),
+                          meter)
+            batch.devices[device_id] = device
+            batch.touched.append((device, tick))
+            present.add(device_id)
+            pipeline.observe_head(device_id, device.head)
+        pipeline.device_metrics.keep_partitions(partition, present)
+        metrics.sweep_duration.observe(time.perf_counter() - began)
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
@@ -202,69 +309,21 @@ def register(pipeline: Pipeline) -> Any:
                     by_device.setdefault(record["device_id"], []).append((event, record))
                 except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                     await pipeline.reject_reading(event, f"not a meter.readings record: {exc}")
-            outcome = Outcome()
-            touched: list[tuple[Device, Any]] = []
-            late_records: dict[int, dict[str, Any]] = {}
-            arrival = now_us()
-            devices: dict[str, tuple[Device, Any]] = {}
+            batch = Batch(now=now_us())
             for device_id, items in by_device.items():
-                event = items[-1][0]
-                with as_current(event):
-                    device = aggregator.device(device_id)
-                device.head["partition"] = event.message.partition
-                samples = []
-                for _, record in items:
-                    try:
-                        samples.append(Sample.from_reading(record))
-                    except (KeyError, TypeError, ValueError) as exc:
-                        await pipeline.reject_reading(items[0][0], f"unusable reading: {exc}")
-                        continue
-                    late_records[samples[-1].ts] = record
-                    received = _received_us(record)
-                    if received is not None:
-                        metrics.processing_lag.observe(max(0, arrival - received) / US)
-                with as_current(event):
-                    outcome.merge(aggregator.apply(device, samples, arrival))
-                touched.append((device, event))
-                devices[device_id] = (device, event)
-                pipeline.observe_device(device_id, device.head, items[-1][1])
+                apply_readings(batch, device_id, items)
             for tick in ticks:
-                outcome.merge(sweep_partition(tick, devices, touched))
-            await send_outcome(outcome, late_records)
-            for device, event in touched:
+                sweep_partition(batch, tick)
+            for event, reason in batch.rejected:
+                await pipeline.reject_reading(event, reason)
+            await send_outcome(batch)
+            for device, event in batch.touched:
                 with as_current(event):
                     device.flush()
-            if touched:
+            if batch.touched:
                 await pipeline.flush_changelogs()
             metrics.aggregated.inc(sum(len(items) for items in by_device.values()))
             metrics.ticks.inc(len(ticks))
-
-    def sweep_partition(tick: Any, devices: dict[str, tuple[Device, Any]],
-                        touched: list[tuple[Device, Any]]) -> Outcome:
-        partition = tick.message.partition
-        now = now_us()
-        outcome = Outcome()
-        began = time.perf_counter()
-        for key, raw in list(heads_table.items()):
-            head = orjson.loads(raw)
-            if head.get("partition") != partition:
-                continue
-            device_id = key.decode()
-            if device_id in devices:
-                device = devices[device_id][0]
-                if not aggregator.due(device.head, now):
-                    continue
-            elif aggregator.due(head, now):
-                with as_current(tick):
-                    device = aggregator.device(device_id)
-                touched.append((device, tick))
-            else:
-                continue
-            # The device lives in the tick's partition: its chunks are read from there.
-            with as_current(tick):
-                outcome.merge(aggregator.sweep(device, now))
-        metrics.sweep_duration.observe(time.perf_counter() - began)
-        return outcome
 
     async def tick() -> None:
         for partition in range(settings.topic_partitions):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from streams.app import Pipeline
 from streams.config import Settings
@@ -57,9 +58,18 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def pipeline(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[Pipeline, Outbox]]:
+    async for made in make_pipeline(tmp_path, clock):
+        yield made
+
+
+async def make_pipeline(tmp_path: Path, clock: Clock, **overrides: Any
+                        ) -> AsyncIterator[tuple[Pipeline, Outbox]]:
     settings = Settings(store="memory://", state_dir=tmp_path / "state",
-                        kafka_bootstrap="127.0.0.1:1")
+                        kafka_bootstrap="127.0.0.1:1", topic_partitions=6).replace(**overrides)
     pipeline = Pipeline(settings, clock=clock)
+    # No broker in test_context: partition devices like the producer would (murmur2).
+    pipeline.partition_of = lambda device_id: (  # type: ignore[method-assign]
+        murmur2(device_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
     app = pipeline.app
     app.loop = asyncio.get_running_loop()
     app.finalize()
