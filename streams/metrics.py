@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Prometheus wants base units; energy is exported in joules (Grafana shows kWh).
+_JOULES_PER_WH = 3600.0
 _BYTES_BUCKETS = (64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 
@@ -124,8 +126,10 @@ class DeviceMetrics:
 
     _GAUGES = (
         ("power_watts", "Latest active power (1-0:1.7.0) of the meter.", "power"),
-        ("import_energy_watt_hours", "Latest import register (1-0:1.8.0).", "import"),
-        ("export_energy_watt_hours", "Latest export register (1-0:2.8.0).", "export"),
+        ("import_energy_joules", "Latest import register (1-0:1.8.0), in joules (Wh × 3600).",
+         "import"),
+        ("export_energy_joules", "Latest export register (1-0:2.8.0), in joules (Wh × 3600).",
+         "export"),
         ("last_reading_timestamp_seconds", "Time stamp of the newest reading (meter clock).",
          "reading"),
         ("last_seen_timestamp_seconds", "When data from the meter last arrived at the bridge.",
@@ -183,7 +187,8 @@ class DeviceMetrics:
             for field, family in families.items():
                 value = view.get(field)
                 if value is not None:
-                    family.add_metric([device_id], float(value))
+                    scale = _JOULES_PER_WH if field in ("import", "export") else 1.0
+                    family.add_metric([device_id], float(value) * scale)
             if view.get("seen") is not None:
                 since.add_metric([device_id], max(0.0, now - view["seen"]))
             counts["online" if view.get("online", 1) else "offline"] += 1
@@ -197,13 +202,14 @@ class DeviceMetrics:
         yield fleet
         for name, index in (("import", 1), ("export", 2)):
             family = GaugeMetricFamily(
-                f"meterstream_device_window_{name}_energy_watt_hours",
-                f"Energy ({name}) of the meter's newest final window, by window size (s).",
+                f"meterstream_device_window_{name}_energy_joules",
+                f"Energy ({name}) of the meter's newest final window in joules, by window size "
+                "(s).",
                 labels=["device_id", "size"])
             for (device_id, size), window in self.windows.items():
                 value = window[index]
                 if value is not None and device_id in self.views:
-                    family.add_metric([device_id, str(size)], value)
+                    family.add_metric([device_id, str(size)], value * _JOULES_PER_WH)
             yield family
         if self.lag is not None:
             family = GaugeMetricFamily("meterstream_consumer_lag_records",
