@@ -124,6 +124,45 @@ def cmd_settings(_settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import simulate
+
+    _setup_logging(settings.log_level)
+    url = args.url or (f"http://{settings.bridge_host}:{settings.bridge_port}"
+                       f"{settings.bridge_path}")
+    username, password = args.user, args.password
+    if username is None and settings.bridge_credentials:
+        username = settings.bridge_credentials[0].username
+        password = settings.bridge_credentials[0].password
+    counts = asyncio.run(simulate.simulate(
+        url, devices=args.devices, rate=args.rate, duration=args.duration,
+        username=username or "", password=password or "", duplicates=args.duplicates,
+        seed=args.seed))
+    print(orjson.dumps(counts).decode())
+    return 0 if counts["rejected"] == counts["errors"] == 0 else 1
+
+
+def cmd_smartme(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import smartme_cli
+
+    _setup_logging("warning")
+    if args.action == "register":
+        return asyncio.run(smartme_cli.register(settings, args.url, args.device,
+                                                all_devices=args.all))
+    if args.action == "list":
+        return asyncio.run(smartme_cli.list_registrations(settings))
+    if args.action == "unregister":
+        return asyncio.run(smartme_cli.unregister(settings, args.id))
+    return asyncio.run(smartme_cli.devices(settings))
+
+
+def cmd_umeter(settings: Settings, _args: argparse.Namespace) -> int:
+    from streams import umeter
+
+    _setup_logging("warning")
+    return asyncio.run(umeter.check(settings, sys.stdout))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meterstream",
@@ -147,6 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(func=cmd_tail)
     sub.add_parser("settings", help="print every setting as a Markdown table").set_defaults(
         func=cmd_settings)
+    simulate = sub.add_parser("simulate", help="POST synthetic smart-me traffic to a bridge")
+    simulate.add_argument("--devices", type=int, default=100, help="meters (default 100)")
+    simulate.add_argument("--rate", type=float, default=10.0,
+                          help="readings per second over the whole fleet (default 10)")
+    simulate.add_argument("--url", help="webhook URL (default: the configured bridge)")
+    simulate.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    simulate.add_argument("--user", help="Basic user (default: first configured credential)")
+    simulate.add_argument("--password", help="Basic password")
+    simulate.add_argument("--duplicates", type=float, default=0.0,
+                          help="share of readings sent twice, like webhook retries")
+    simulate.add_argument("--seed", type=int, default=1, help="fleet seed (same ids)")
+    simulate.set_defaults(func=cmd_simulate)
+    smartme = sub.add_parser("smartme", help="smart-me REST: webhook registration, devices")
+    actions = smartme.add_subparsers(dest="action", required=True, metavar="ACTION")
+    register = actions.add_parser("register", help="point smart-me's Realtime API at a URL")
+    register.add_argument("--url", required=True, help="public URL of the bridge's webhook")
+    target = register.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", help="one meter (device id or serial)")
+    target.add_argument("--all", action="store_true", help="every meter of the account")
+    actions.add_parser("list", help="registrations of the account")
+    unregister = actions.add_parser("unregister", help="delete a registration")
+    unregister.add_argument("id", help="registration id (from `list`)")
+    actions.add_parser("devices", help="the account's meters with their last value's age")
+    smartme.set_defaults(func=cmd_smartme)
+    umeter = sub.add_parser("umeter", help="UMeter: check credentials, EANs, measurements")
+    umeter_actions = umeter.add_subparsers(dest="action", required=True, metavar="ACTION")
+    umeter_actions.add_parser("check", help="log in and print customer, EANs, measurements")
+    umeter.set_defaults(func=cmd_umeter)
     decode = sub.add_parser("decode", help="decode one webhook body to JSON lines")
     decode.add_argument("file", nargs="?", default="-", help="body file, or - for stdin")
     decode.add_argument("--hex", action="store_true", help="the input is hex text")

@@ -19,7 +19,6 @@ from streams.embedded_kafka import free_port
 from streams.windows import US
 from tests.integration.conftest import (
     AUTH,
-    Process,
     bridge_url,
     running_bridge,
 )
