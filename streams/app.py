@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+import orjson
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
+from streams.enrichment import Enrichment
 from streams.metrics import DeviceMetrics, WorkerMetrics
 from streams.offline import Meter, is_online, last_seen, load_inventory
 from streams.windows import Aggregator, Sample
@@ -53,6 +55,8 @@ class Pipeline:
 
     aggregator: Aggregator  # set by the aggregation agent's register()
     heads_table: Any
+    inventory_table: Any  # set by the vendor agents' register()
+    umeter_table: Any
 
     def __init__(
         self,
@@ -73,7 +77,10 @@ class Pipeline:
                 self.inventory = load_inventory(settings.inventory_file)
             except ValueError as exc:
                 raise ConfigError(f"METERSTREAM_INVENTORY_FILE: {exc}") from exc
-        self.device_metrics = DeviceMetrics(self.registry, clock, lag=self._consumer_lag)
+        self.enrichment = Enrichment(settings.umeter_mapping_file, base_meters=self.inventory)
+        self._enrichment_refreshed = 0.0
+        self.device_metrics = DeviceMetrics(self.registry, clock, lag=self._consumer_lag,
+                                            gateways=self._owned_gateways)
         self.app = make_faust_app(settings)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.decoder = Decoder(settings.obis_scales, settings.local_timezone)
@@ -81,10 +88,11 @@ class Pipeline:
         self.ticks_topic = self._topic(settings.topic_ticks)
 
         # Imported here: the agents' modules need this class's attributes, not vice versa.
-        from streams.agents import aggregate, decode
+        from streams.agents import aggregate, decode, vendors
 
         self.decode_agent = decode.register(self)
         self.aggregate_agent = aggregate.register(self)
+        vendors.register(self)
         self._register_pages()
 
     # -- output ------------------------------------------------------------------------------
@@ -116,19 +124,33 @@ class Pipeline:
 
     # -- hooks the agents call ----------------------------------------------------------------
     def enrich_aggregate(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The window record as published (customer/EAN enrichment hooks in here)."""
-        return record
+        """The window record as published: plus EAN, address and customer when known."""
+        return self.enrichment.annotate(record["device_id"], record)
 
     def enrich_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
-        """The alert record as published (customer/EAN enrichment hooks in here)."""
-        return alert
+        return self.enrichment.annotate(alert["device_id"], alert)
+
+    def refresh_enrichment(self, force: bool = False) -> None:
+        """Re-read the global tables the vendor agents fold into (cheap: a few hundred
+        small records), at most once per sweep interval."""
+        now = time.monotonic()
+        if not force and now - self._enrichment_refreshed < self.settings.sweep_interval / 2:
+            return
+        self._enrichment_refreshed = now
+        devices = {k.decode(): orjson.loads(v) for k, v in self.inventory_table.items()}
+        customers: dict[str, Any] = {}
+        measurements: dict[str, Any] = {}
+        for key, value in self.umeter_table.items():
+            kind, _, name = key.decode().partition("|")
+            (customers if kind == "customer" else measurements)[name] = orjson.loads(value)
+        self.enrichment.replace(devices, customers, measurements)
 
     def meter(self, device_id: str) -> Meter | None:
-        """What the inventory says about a meter (None for meters nobody listed)."""
-        return self.inventory.get(device_id)
+        """What the inventories say about a meter (None for meters nobody listed)."""
+        return self.enrichment.meter(device_id)
 
     def expected_meters(self) -> dict[str, Meter]:
-        return self.inventory
+        return self.enrichment.expected()
 
     def threshold(self, device_id: str, meter: Meter | None) -> float:
         if meter is not None and meter.threshold is not None:
@@ -143,8 +165,16 @@ class Pipeline:
         latest = head.get("latest")
         watch = head.get("watch") or {}
         seen = last_seen(head)
+        place = self.enrichment.place(device_id)
+        meter = self.enrichment.meter(device_id)
+        reconciled = head.get("reconciliation")
         self.device_metrics.update(device_id, {
             "partition": head.get("partition"),
+            "ean": place.ean if place else None,
+            "name": meter.name if meter else None,
+            "class": meter.device_class if meter else None,
+            "mapped": place is not None if self.enrichment.active else None,
+            "reconciliation": reconciled,
             "power": latest[3] if latest else None,
             "import": latest[1] if latest else None,
             "export": latest[2] if latest else None,
@@ -159,6 +189,17 @@ class Pipeline:
         revoked = args[0] if args else set()
         self.device_metrics.drop_partitions(
             {tp.partition for tp in revoked if tp.topic == self.settings.topic_readings})
+
+    def _owned_gateways(self) -> list[dict[str, Any]]:
+        """Gateways whose id falls in a readings partition this worker owns, so exactly
+        one worker exports each (every worker holds the whole inventory)."""
+        try:
+            owned = {tp.partition for tp in self.app.consumer.assignment()
+                     if tp.topic == self.settings.topic_readings}
+        except ConsumerNotStarted:
+            return []
+        return [g for g in self.enrichment.gateways()
+                if self.partition_of(str(g.get("gateway_id"))) in owned]
 
     def _consumer_lag(self) -> list[tuple[str, int, int]]:
         consumer = self.app.consumer

@@ -78,6 +78,15 @@ class WorkerMetrics:
             "Offline/online transitions sent to meter.alerts, by new state.",
             ["state"], registry=registry,
         )
+        self.vendor_polls = Counter(
+            "meterstream_vendor_polls_total",
+            "Polls of the vendor REST APIs (leader only), by vendor and outcome.",
+            ["vendor", "outcome"], registry=registry,
+        )
+        self.vendor_last_success = Gauge(
+            "meterstream_vendor_last_success_timestamp_seconds",
+            "When a poll of the vendor's API last succeeded.", ["vendor"], registry=registry,
+        )
         self.ticks = Counter(
             "meterstream_sweep_ticks_total",
             "Wall-clock ticks handled (each sweeps one partition's quiet devices).",
@@ -140,7 +149,9 @@ class DeviceMetrics:
     )
 
     def __init__(self, registry: CollectorRegistry, clock: Callable[[], float],
-                 lag: Callable[[], Iterable[tuple[str, int, int]]] | None = None) -> None:
+                 lag: Callable[[], Iterable[tuple[str, int, int]]] | None = None,
+                 gateways: Callable[[], Iterable[dict[str, Any]]] | None = None) -> None:
+        self.gateways = gateways
         self.views: dict[str, dict[str, Any]] = {}
         self.windows: dict[tuple[str, int], tuple[int, float | None, float | None]] = {}
         self.clock = clock
@@ -194,6 +205,27 @@ class DeviceMetrics:
             counts["online" if view.get("online", 1) else "offline"] += 1
         yield from families.values()
         yield since
+        info = GaugeMetricFamily(
+            "meterstream_device_info",
+            "1 per meter, with what is known about it (join on device_id for EAN or name; "
+            "kept off the value metrics so a late mapping does not start new series).",
+            labels=["device_id", "ean", "name", "class"])
+        reconciliation = GaugeMetricFamily(
+            "meterstream_device_reconciliation_difference_ratio",
+            "(ours - grid operator) / grid operator import energy of the latest reconciled "
+            "day.", labels=["device_id"])
+        unmapped = 0
+        for device_id, view in self.views.items():
+            info.add_metric([device_id, view.get("ean") or "", view.get("name") or "",
+                             view.get("class") or ""], 1)
+            if view.get("reconciliation") is not None:
+                reconciliation.add_metric([device_id], view["reconciliation"][1])
+            unmapped += view.get("mapped") is False
+        yield info
+        yield reconciliation
+        yield GaugeMetricFamily("meterstream_devices_unmapped",
+                                "Meters of this worker without an EAN (only when EAN mapping "
+                                "is configured).", value=unmapped)
         fleet = GaugeMetricFamily("meterstream_devices",
                                   "Meters held by this worker, by online state.",
                                   labels=["state"])
@@ -211,6 +243,8 @@ class DeviceMetrics:
                 if value is not None and device_id in self.views:
                     family.add_metric([device_id, str(size)], value * _JOULES_PER_WH)
             yield family
+        if self.gateways is not None:
+            yield from _gateway_families(self.gateways())
         if self.lag is not None:
             family = GaugeMetricFamily("meterstream_consumer_lag_records",
                                        "Records not yet consumed, per source topic partition.",
@@ -218,3 +252,28 @@ class DeviceMetrics:
             for topic, partition, lag in self.lag():
                 family.add_metric([topic, str(partition)], lag)
             yield family
+
+
+def _gateway_families(gateways: Iterable[dict[str, Any]]) -> Iterator[Any]:
+    """smart-me M-Bus gateways (from the inventory poll) and the state of their meters."""
+    labels = ["gateway_id", "name"]
+    seen = GaugeMetricFamily("meterstream_mbus_gateway_last_seen_timestamp_seconds",
+                             "When smart-me last heard from the M-Bus gateway.", labels=labels)
+    interval = GaugeMetricFamily("meterstream_mbus_gateway_readout_interval_seconds",
+                                 "Configured readout interval of the gateway.", labels=labels)
+    state = GaugeMetricFamily("meterstream_mbus_gateway_state",
+                              "1 for the gateway's current state.", labels=[*labels, "state"])
+    meters = GaugeMetricFamily("meterstream_mbus_meter_state",
+                               "1 for each M-Bus meter's current readout state.",
+                               labels=["gateway_id", "meter_id", "meter", "state"])
+    for gateway in gateways:
+        ids = [str(gateway.get("gateway_id")), str(gateway.get("name") or "")]
+        if gateway.get("last_seen_timestamp") is not None:
+            seen.add_metric(ids, gateway["last_seen_timestamp"])
+        if gateway.get("readout_interval_seconds") is not None:
+            interval.add_metric(ids, gateway["readout_interval_seconds"])
+        state.add_metric([*ids, str(gateway.get("state_name") or gateway.get("state"))], 1)
+        for meter in gateway.get("meters", []):
+            meters.add_metric([ids[0], str(meter.get("id") or ""), str(meter.get("name") or ""),
+                               str(meter.get("state_name") or meter.get("state"))], 1)
+    yield from (seen, interval, state, meters)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.streams import _current_event
 
-from streams import offline
+from streams import offline, reconcile
 from streams.windows import US, Aggregator, Device, Outcome, Sample
 
 if TYPE_CHECKING:
@@ -207,8 +207,8 @@ def register(pipeline: Pipeline) -> Any:
                 settings.topic_alerts, orjson.dumps(enriched),
                 key=alert["device_id"].encode(), device_id=alert["device_id"]))
             metrics.alerts.labels(alert["state"]).inc()
-            log.warning("meter %s is %s (last seen %s, threshold %.0f s)", alert["device_id"],
-                        alert["state"].upper(), alert["last_seen"], alert["threshold_s"])
+            log.warning("alert for meter %s: %s %s", alert["device_id"], alert["state"].upper(),
+                        {k: v for k, v in alert.items() if k not in ("device_id", "state")})
         metrics.late.inc(len(outcome.late))
         metrics.duplicates.inc(outcome.duplicates)
         metrics.revisions.inc(outcome.revisions)
@@ -252,6 +252,8 @@ def register(pipeline: Pipeline) -> Any:
         partition = tick.message.partition
         now = batch.now
         began = time.perf_counter()
+        pipeline.refresh_enrichment()
+        enrichment = pipeline.enrichment
         present: set[str] = set()
         for key, raw in list(heads_table.items()):
             head = orjson.loads(raw)
@@ -263,7 +265,8 @@ def register(pipeline: Pipeline) -> Any:
             current = device.head if device is not None else head
             meter = pipeline.meter(device_id)
             threshold = pipeline.threshold(device_id, meter)
-            if not (aggregator.due(current, now) or offline.due(current, now, threshold)):
+            if not (aggregator.due(current, now) or offline.due(current, now, threshold)
+                    or reconcile.pending(current, device_id, enrichment)):
                 pipeline.observe_head(device_id, current)
                 continue
             if device is None:
@@ -277,6 +280,11 @@ def register(pipeline: Pipeline) -> Any:
             gone = offline.check(device_id, device.head, now, threshold, meter)
             if gone is not None:
                 batch.alerts.append(gone)
+            mismatches, latest = reconcile.reconcile(device.head, device_id, enrichment,
+                                                     settings.reconcile_tolerance)
+            batch.alerts += mismatches
+            if latest is not None:
+                device.head["reconciliation"] = [latest[0].isoformat(), latest[1]]
             device.mark_head()
             pipeline.observe_head(device_id, device.head)
         for device_id, meter in pipeline.expected_meters().items():
@@ -317,6 +325,10 @@ def register(pipeline: Pipeline) -> Any:
             for event, reason in batch.rejected:
                 await pipeline.reject_reading(event, reason)
             await send_outcome(batch)
+            for record in batch.outcome.emitted:
+                device = batch.devices.get(record["device_id"])
+                if device is not None and record["final"]:
+                    reconcile.fold(device.head, record, int(_window_start_s(record) * US))
             for device, event in batch.touched:
                 with as_current(event):
                     device.flush()

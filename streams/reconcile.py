@@ -1,0 +1,82 @@
+"""Daily reconciliation: the energy of a meter's final hourly windows, per local day, next
+to the grid operator's measurements for the meter's EAN (from UMeter). No Faust in here.
+
+Days follow the grid operator's calendar (Europe/Amsterdam; UMeter's data is local
+time), which is why hourly windows are used: local days begin on whole UTC hours.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from streams.enrichment import Enrichment, day_hours, local_day
+
+HOUR = 3600
+KEEP_DAYS = 4
+
+
+def fold(head: dict[str, Any], record: dict[str, Any], start_us: int) -> None:
+    """Remember a final hourly window's energy (a revision replaces its hour)."""
+    if record["size"] != HOUR:
+        return
+    day = local_day(start_us).isoformat()
+    days = head.setdefault("days", {})
+    days.setdefault(day, {})[str(start_us)] = [record["energy_import_wh"],
+                                               record["energy_export_wh"]]
+    for old in sorted(days)[:-KEEP_DAYS]:
+        del days[old]
+
+
+def totals(head: dict[str, Any], day: date) -> tuple[float, float] | None:
+    """(import, export) kWh of a complete local day (every hour final and known)."""
+    hours = head.get("days", {}).get(day.isoformat(), {})
+    if len(hours) < day_hours(day) or any(v[0] is None for v in hours.values()):
+        return None
+    return (sum(v[0] for v in hours.values()) / 1000,
+            sum((v[1] or 0.0) for v in hours.values()) / 1000)
+
+
+def pending(head: dict[str, Any], device_id: str, enrichment: Enrichment
+            ) -> list[tuple[date, float, float]]:
+    """Days ready to reconcile: complete here, measured by the grid operator, not done."""
+    place = enrichment.place(device_id)
+    if place is None:
+        return []
+    done = set(head.get("reconciled", []))
+    ready = []
+    for day_text in sorted(head.get("days", {})):
+        if day_text in done:
+            continue
+        day = date.fromisoformat(day_text)
+        ours = totals(head, day)
+        theirs = enrichment.measured_kwh(place.ean, day)
+        if ours is not None and theirs is not None and theirs[0] is not None:
+            ready.append((day, ours[0], float(theirs[0])))
+    return ready
+
+
+def reconcile(head: dict[str, Any], device_id: str, enrichment: Enrichment, tolerance: float
+              ) -> tuple[list[dict[str, Any]], tuple[date, float] | None]:
+    """Reconcile the ready days; returns mismatch alerts and the latest (day, ratio)."""
+    alerts = []
+    latest = None
+    for day, ours, theirs in pending(head, device_id, enrichment):
+        difference = ours - theirs
+        ratio = difference / theirs if theirs else (0.0 if not difference else float("inf"))
+        head.setdefault("reconciled", []).append(day.isoformat())
+        head["reconciled"] = head["reconciled"][-KEEP_DAYS:]
+        latest = (day, ratio)
+        if abs(ratio) > tolerance:
+            place = enrichment.place(device_id)
+            alerts.append({
+                "device_id": device_id,
+                "state": "reconciliation_mismatch",
+                "day": day.isoformat(),
+                "ours_kwh": ours,
+                "grid_operator_kwh": theirs,
+                "difference_ratio": ratio,
+                "tolerance": tolerance,
+                "ean": place.ean if place else None,
+            })
+    return alerts, latest
