@@ -104,11 +104,17 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return supervisor.run_pipeline(settings)
 
 
+def _with_bootstrap(settings: Settings) -> Settings:
+    """Without a configured bootstrap, talk to the embedded broker `meterstream run` starts."""
+    if settings.kafka_bootstrap:
+        return settings
+    return settings.replace(kafka_bootstrap=f"127.0.0.1:{settings.kafka_port}")
+
+
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     from streams import tail
 
-    # Without a configured bootstrap, read from the embedded broker `meterstream run` starts.
-    bootstrap = settings.kafka_bootstrap or f"127.0.0.1:{settings.kafka_port}"
+    bootstrap = _with_bootstrap(settings).kafka_bootstrap
     topic = settings.all_topics.get(f"topic_{args.topic}", args.topic)
     return asyncio.run(tail.tail(bootstrap, topic, count=args.count,
                                  follow=args.follow, idle_seconds=args.timeout))
@@ -153,6 +159,10 @@ def cmd_smartme(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(smartme_cli.list_registrations(settings))
     if args.action == "unregister":
         return asyncio.run(smartme_cli.unregister(settings, args.id))
+    if args.action == "check-units":
+        from streams import unit_check
+
+        return asyncio.run(unit_check.check_units(_with_bootstrap(settings), args.device))
     return asyncio.run(smartme_cli.devices(settings))
 
 
@@ -209,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     unregister = actions.add_parser("unregister", help="delete a registration")
     unregister.add_argument("id", help="registration id (from `list`)")
     actions.add_parser("devices", help="the account's meters with their last value's age")
+    check_units = actions.add_parser(
+        "check-units", help="compare a meter's webhook values with its REST values (units)")
+    check_units.add_argument("device", help="smart-me device id")
     smartme.set_defaults(func=cmd_smartme)
     umeter = sub.add_parser("umeter", help="UMeter: check credentials, EANs, measurements")
     umeter_actions = umeter.add_subparsers(dest="action", required=True, metavar="ACTION")

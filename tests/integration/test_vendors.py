@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from streams import simulate
+from streams.agents.decode import reading_record
+from streams.codec import Decoder
 from streams.config import Settings
+from streams.topics import ensure_topics, topic_specs
 from tests.fakes.smartme_server import HEAT_ID, FakeSmartMe
 from tests.fakes.umeter_server import FakeUMeter
 from tests.integration.conftest import (
@@ -18,6 +22,7 @@ from tests.integration.conftest import (
     running_bridge,
 )
 from tests.integration.test_monitoring import post_readings, scrape, wait_for
+from tests.unit.test_cli_vendors import meterstream
 
 SMARTME_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"  # the fixture device, never sends here
 EAN = "871687120000000017"
@@ -96,3 +101,36 @@ async def test_umeter_poll_enriches_aggregates_with_ean_and_address(
     customers = await read_records(settings.kafka_bootstrap, settings.topic_umeter_customer,
                                    count=1, timeout=30)
     assert customers and orjson.loads(customers[0].value)["eans"] == [EAN]
+
+
+async def publish_reading(settings: Settings, reading: simulate.TraceReading) -> None:
+    """Put a reading into meter.readings as the decode agent would (no worker needed)."""
+    await ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for decoded in Decoder().decode(simulate.body([reading])):
+            await producer.send_and_wait(settings.topic_readings, reading_record(decoded, {}),
+                                         key=decoded.device_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_check_units_compares_webhook_and_rest_values(settings: Settings) -> None:
+    now = int(time.time()) * 1_000_000
+    # The fixture device's REST values: 0.742 kW, 5123.456 kWh import, 12.5 kWh export,
+    # sent by the webhook in the assumed units (mWh, W).
+    good = simulate.TraceReading(SMARTME_ID, now - 60_000_000, 5123.456e6, 12.5e6, 742.0,
+                                 (300.0, 242.0, 200.0))
+    async with FakeSmartMe() as fake:
+        vendor = fake.settings()
+        checked = settings.replace(smartme_base_url=vendor.smartme_base_url,
+                                   smartme_api_key=vendor.smartme_api_key)
+        await publish_reading(settings, good)
+        code, out, err = await meterstream(checked, "smartme", "check-units", SMARTME_ID)
+        assert code == 0, out + err
+        assert "1-0:1.8.0*255" in out and "implied scale 0.001" in out
+        # A meter family that sends power in kW: the check points at the setting.
+        await publish_reading(settings, good._replace(ts_us=now, power_w=0.742))
+        code, out, _ = await meterstream(checked, "smartme", "check-units", SMARTME_ID)
+    assert code == 1 and "CHECK METERSTREAM_OBIS_SCALES" in out and "implied scale 1000" in out
