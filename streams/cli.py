@@ -166,10 +166,12 @@ def cmd_smartme(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(smartme_cli.devices(settings))
 
 
-def cmd_umeter(settings: Settings, _args: argparse.Namespace) -> int:
-    from streams import umeter
+def cmd_umeter(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import mapping_report, umeter
 
     _setup_logging("warning")
+    if args.action == "unmapped":
+        return asyncio.run(mapping_report.unmapped(_with_bootstrap(settings)))
     return asyncio.run(umeter.check(settings, sys.stdout))
 
 
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     umeter = sub.add_parser("umeter", help="UMeter: check credentials, EANs, measurements")
     umeter_actions = umeter.add_subparsers(dest="action", required=True, metavar="ACTION")
     umeter_actions.add_parser("check", help="log in and print customer, EANs, measurements")
+    umeter_actions.add_parser("unmapped", help="meters the pipeline knows without an EAN")
     umeter.set_defaults(func=cmd_umeter)
     decode = sub.add_parser("decode", help="decode one webhook body to JSON lines")
     decode.add_argument("file", nargs="?", default="-", help="body file, or - for stdin")

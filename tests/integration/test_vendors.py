@@ -63,8 +63,8 @@ async def test_inventory_poll_reports_a_never_seen_meter_offline(
 async def test_umeter_poll_enriches_aggregates_with_ean_and_address(
     settings: Settings, start_process, tmp_path: Path
 ) -> None:
-    fleet = simulate.Fleet(1, seed=21)
-    device = fleet.device_ids[0]
+    fleet = simulate.Fleet(2, seed=21)
+    device, stranger = fleet.device_ids
     mapping = tmp_path / "mapping.csv"
     mapping.write_text(f"device_id,ean\n{device},{EAN}\n")
     async with FakeUMeter() as fake:
@@ -93,6 +93,8 @@ async def test_umeter_poll_enriches_aggregates_with_ean_and_address(
                                          count=1, timeout=10)
             enriched = [orjson.loads(r.value) for r in records
                         if b'"ean"' in r.value]
+        code, out, _ = await meterstream(settings, "umeter", "unmapped")
+    assert code == 0 and stranger in out and device not in out
     assert enriched, "no aggregate record carries the EAN"
     record = enriched[0]
     assert record["device_id"] == device and record["ean"] == EAN
