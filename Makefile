@@ -20,10 +20,13 @@ deps:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	  # The packages' daemons are not wanted (Alertmanager's :9093 is Kafka's controller port).
+	  $(SUDO) systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; \
 	fi
 
 $(STAMP): pyproject.toml
