@@ -14,6 +14,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint protos bench deps venv clean docs
 
+# Installs what is missing. The packages' daemons are not wanted (and Alertmanager's
+# default :9093 is the embedded Kafka's controller port), so they are disabled.
 deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
@@ -25,7 +27,6 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
-	  # The packages' daemons are not wanted (Alertmanager's :9093 is Kafka's controller port).
 	  $(SUDO) systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; \
 	fi
 
