@@ -225,20 +225,27 @@ class Pipeline:
 
         await flush_changelogs(self.app)
 
-    async def reject_reading(self, event: Any, reason: str) -> None:
-        """A meter.readings record the aggregation cannot use: dead-letter it, go on."""
+    async def dead_letter(self, event: Any, body: bytes, reason: str,
+                          origin: dict[str, bytes] | None = None) -> None:
+        """Park a record the pipeline cannot use in the dead-letter topic, with the reason
+        and where it came from in the headers, and go on."""
         message = event.message
         headers = {
+            **(origin or {}),
             "error": reason.encode(),
             "origin-topic": str(message.topic).encode(),
             "origin-partition": str(message.partition).encode(),
             "origin-offset": str(message.offset).encode(),
         }
-        await self.produce(self.settings.topic_deadletter, event.value or b"",
-                           key=message.key, headers=headers)
+        await self.produce(self.settings.topic_deadletter, body, key=message.key,
+                           headers=headers)
         self.metrics.deadletters.inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition,
-                    message.offset, reason)
+        log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
+                    message.partition, message.offset, len(body), reason)
+
+    async def reject_reading(self, event: Any, reason: str) -> None:
+        """A meter.readings record the aggregation cannot use."""
+        await self.dead_letter(event, event.value or b"", reason)
 
     def _register_pages(self) -> None:
         async def healthz(web: Any, _request: Any) -> Any:

@@ -8,8 +8,8 @@ in the headers; the agent carries on with the next body.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,8 +18,6 @@ from streams.codec import DecodeError, Reading, check_plausible
 
 if TYPE_CHECKING:
     from streams.app import Pipeline
-
-log = logging.getLogger(__name__)
 
 _BATCH_WINDOW = 0.05  # seconds the decoder waits to fill a batch
 
@@ -49,21 +47,6 @@ def register(pipeline: Pipeline) -> Any:
     metrics = pipeline.metrics
     min_us = _year_start_us(settings.min_reading_year)
 
-    async def dead_letter(event: Any, body: bytes, origin: dict[str, bytes], reason: str) -> None:
-        message = event.message
-        headers = {
-            **origin,
-            "error": reason.encode(),
-            "origin-topic": str(message.topic).encode(),
-            "origin-partition": str(message.partition).encode(),
-            "origin-offset": str(message.offset).encode(),
-        }
-        await pipeline.produce(settings.topic_deadletter, body, key=message.key,
-                               headers=headers)
-        metrics.deadletters.inc()
-        log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
-                    message.partition, message.offset, len(body), reason)
-
     async def decode(stream: Any) -> None:
         async for events in stream.take_events(settings.decode_batch, within=_BATCH_WINDOW):
             for event in events:
@@ -74,7 +57,7 @@ def register(pipeline: Pipeline) -> Any:
                     latest_us = int((pipeline.clock() + settings.max_clock_skew) * 1_000_000)
                     check_plausible(readings, min_us, latest_us)
                 except DecodeError as exc:
-                    await dead_letter(event, body, origin, exc.reason)
+                    await pipeline.dead_letter(event, body, exc.reason, origin)
                     continue
                 passthrough: dict[str, bytes] = {
                     k: origin[k] for k in ("source", "request-id") if k in origin}
@@ -91,6 +74,4 @@ def register(pipeline: Pipeline) -> Any:
 
 
 def _year_start_us(year: int) -> int:
-    from datetime import UTC, datetime
-
     return int(datetime(year, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
