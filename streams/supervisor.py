@@ -83,8 +83,10 @@ def _banner(settings: Settings, bootstrap: str, embedded: bool) -> str:
         f"  bridge    {bridge}/metrics  {bridge}/healthz  {bridge}/readyz",
         f"  worker    {worker}/metrics",
         f"  kafka     {kafka}",
-        f"  topics    {settings.topic_raw} → {settings.topic_readings}"
-        f" (dead letters: {settings.topic_deadletter})",
+        f"  topics    {settings.topic_raw} → {settings.topic_readings} → "
+        f"{settings.topic_aggregates}, {settings.topic_alerts}",
+        f"            late: {settings.topic_late}, dead letters: {settings.topic_deadletter}",
+        f"  devices   {worker}/devices/<device id>  (latest reading, open windows)",
         f"  try       curl {auth} --data-binary @body.pb {bridge}{settings.bridge_path}",
         "  Ctrl-C stops everything.",
         "",
