@@ -21,6 +21,7 @@ from streams.config import ConfigError, Settings
 from streams.enrichment import Enrichment
 from streams.metrics import DeviceMetrics, WorkerMetrics
 from streams.offline import Meter, is_online, last_seen, load_inventory
+from streams.topics import TopicSpec
 from streams.windows import Aggregator, Sample
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,16 @@ class Pipeline:
             "latest_reading": dict(zip(Sample._fields, latest, strict=True)) if latest else None,
             "open_windows": list(self.aggregator.open_windows(device)),
         }
+
+    def internal_specs(self) -> list[TopicSpec]:
+        """The topics Faust creates for itself, as it would create them: the tables'
+        compacted changelogs and the one-partition topic that elects the leader."""
+        replication = self.settings.topic_replication
+        leader = self.app._leader_assignor._leader_topic_name  # type: ignore[attr-defined]
+        return [TopicSpec(table.changelog_topic.get_topic_name(),
+                          table.partitions or self.settings.topic_partitions,
+                          replication, {"cleanup.policy": "compact"})
+                for table in self.app.tables.values()] + [TopicSpec(leader, 1, replication)]
 
     def _topic(self, name: str) -> Any:
         return self.app.topic(

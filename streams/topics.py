@@ -71,6 +71,8 @@ async def ensure_topics(
                 if have is not None and have != spec.partitions:
                     log.warning("topic %s has %d partitions, configured %d; keeping %d",
                                 spec.name, have, spec.partitions, have)
+            if missing:
+                await _wait_for_leaders(admin, [s.name for s in missing])
             return
         except TopicSetupError:
             raise
@@ -84,6 +86,28 @@ async def ensure_topics(
 
 
 _TOPIC_ALREADY_EXISTS = 36
+_LEADER_WAIT = 30.0  # s
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Until the broker's metadata shows every partition of these new topics with a leader.
+
+    CreateTopics answers before the metadata has caught up. A Faust worker joining its group
+    in that gap gets no partitions of a topic its group leader cannot see yet (the assignor
+    skips it), and nothing makes it rejoin until its next metadata refresh, minutes later.
+    """
+    deadline = asyncio.get_running_loop().time() + _LEADER_WAIT
+    while True:
+        described = await admin.describe_topics(names)
+        pending = [t["topic"] for t in described
+                   if t.get("error_code") or not t["partitions"]
+                   or any(p["leader"] < 0 for p in t["partitions"])]
+        if not pending:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicSetupError(f"topics without partition leaders after "
+                                  f"{_LEADER_WAIT:.0f}s: {', '.join(pending)}")
+        await asyncio.sleep(0.1)
 
 
 def _raise_for_errors(response: object) -> None:

@@ -1,4 +1,5 @@
-"""``meterstream worker``: ensure the topics exist, then run the Faust worker."""
+"""``meterstream worker``: ensure the topics (changelogs included) exist, then run the
+Faust worker."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ def run(settings: Settings) -> int:
     # Faust binds to the current event loop; create it here so topic setup runs on it too.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
     pipeline = Pipeline(settings)
+    # Faust's own topics too, before Faust starts: see ensure_topics on why a worker must not
+    # join its group while a topic it subscribes to is still being created.
+    loop.run_until_complete(ensure_topics(
+        settings.kafka_bootstrap, topic_specs(settings) + pipeline.internal_specs()))
     setup_prometheus_sensors(pipeline.app, registry=pipeline.registry,
                              name_prefix="meterstream_faust")
     # aiokafka and Faust log every produced message at DEBUG; with their loggers left at
