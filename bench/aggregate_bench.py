@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import REPEATS, Row, broker, median, report
+from bench.common import METRICS_POLL, REPEATS, Row, broker, median, report
 from streams import simulate
 from streams.codec import Decoder, first_device_key
 from streams.config import Settings
@@ -126,7 +126,7 @@ async def worker_rate(settings: Settings, expected: int, log: Path) -> tuple[flo
                     return (done - first_done) / elapsed, rss
                 if process.poll() is not None:
                     raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(METRICS_POLL)
         raise TimeoutError("worker did not finish the backlog")
     finally:
         process.terminate()

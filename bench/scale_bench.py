@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.aggregate_bench import DEVICES, _metric, _settings, produce_raw
-from bench.common import REPEATS, Row, broker, median, report
+from bench.common import METRICS_POLL, REPEATS, Row, broker, median, report
 from streams import simulate
 from streams.config import Settings
 from streams.embedded_kafka import free_port
@@ -38,7 +38,6 @@ READINGS = int(os.environ.get("BENCH_SCALE_READINGS", "40000"))
 WORKER_COUNTS = (1, 2, 3)
 PARTITIONS = 6
 AGGREGATED = "meterstream_readings_aggregated_total"
-POLL = 0.2  # s between scrapes of every worker's /metrics
 
 
 def _trace() -> list[simulate.TraceReading]:
@@ -123,7 +122,7 @@ async def scale_rate(bootstrap: str, readings: list[simulate.TraceReading], coun
                     return (done - first_done) / (now - first_at)
                 if producing.done():
                     producing.result()  # raises if producing failed
-                await asyncio.sleep(POLL)
+                await asyncio.sleep(METRICS_POLL)
             raise TimeoutError(f"{count} workers did not finish the backlog")
 
 
