@@ -71,8 +71,8 @@ async def ensure_topics(
                 if have is not None and have != spec.partitions:
                     log.warning("topic %s has %d partitions, configured %d; keeping %d",
                                 spec.name, have, spec.partitions, have)
-            if missing:
-                await _wait_for_leaders(admin, [s.name for s in missing])
+            # Existing ones too: another process may have created them a moment ago.
+            await _wait_for_leaders(admin, [s.name for s in specs])
             return
         except TopicSetupError:
             raise
@@ -90,7 +90,7 @@ _LEADER_WAIT = 30.0  # s
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str]) -> None:
-    """Until the broker's metadata shows every partition of these new topics with a leader.
+    """Until the broker's metadata shows every partition of these topics with a leader.
 
     CreateTopics answers before the metadata has caught up. A Faust worker joining its group
     in that gap gets no partitions of a topic its group leader cannot see yet (the assignor

@@ -1,4 +1,4 @@
-"""``meterstream worker``: ensure the topics (changelogs included) exist, then run the
+"""``meterstream worker``: ensure the topics (Faust's own included) exist, then run the
 Faust worker."""
 
 from __future__ import annotations
