@@ -58,6 +58,7 @@ class Pipeline:
     heads_table: Any
     inventory_table: Any  # set by the vendor agents' register()
     umeter_table: Any
+    pollers: dict[str, Callable[[], Awaitable[None]]]  # the timers' bodies, by vendor
 
     def __init__(
         self,
@@ -154,6 +155,11 @@ class Pipeline:
         return self.enrichment.expected()
 
     def threshold(self, device_id: str, meter: Meter | None) -> float:
+        """An `id:`/`prefix:` setting, else the meter's own (its M-Bus gateway's), else
+        the class setting or the default."""
+        named = self.thresholds.for_id(device_id)
+        if named is not None:
+            return named
         if meter is not None and meter.threshold is not None:
             return meter.threshold
         return self.thresholds.for_device(device_id, meter.device_class if meter else None)
@@ -174,6 +180,7 @@ class Pipeline:
             "ean": place.ean if place else None,
             "name": meter.name if meter else None,
             "class": meter.device_class if meter else None,
+            "serial": meter.serial if meter else None,
             "mapped": place is not None if self.enrichment.active else None,
             "reconciliation": reconciled,
             "power": latest[3] if latest else None,

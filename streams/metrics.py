@@ -109,7 +109,7 @@ class WorkerMetrics:
         )
         self.windows = Counter(
             "meterstream_windows_emitted_total",
-            "Window records emitted, by window size (s) and kind (final, revision).",
+            "Window records emitted, by window size (s) and kind (final, revision, interim).",
             ["size", "kind"], registry=registry,
         )
         self.processing_lag = Histogram(
@@ -209,7 +209,7 @@ class DeviceMetrics:
             "meterstream_device_info",
             "1 per meter, with what is known about it (join on device_id for EAN or name; "
             "kept off the value metrics so a late mapping does not start new series).",
-            labels=["device_id", "ean", "name", "class"])
+            labels=["device_id", "ean", "name", "serial", "class"])
         reconciliation = GaugeMetricFamily(
             "meterstream_device_reconciliation_difference_ratio",
             "(ours - grid operator) / grid operator import energy of the latest reconciled "
@@ -217,7 +217,7 @@ class DeviceMetrics:
         unmapped = 0
         for device_id, view in self.views.items():
             info.add_metric([device_id, view.get("ean") or "", view.get("name") or "",
-                             view.get("class") or ""], 1)
+                             view.get("serial") or "", view.get("class") or ""], 1)
             if view.get("reconciliation") is not None:
                 reconciliation.add_metric([device_id], view["reconciliation"][1])
             unmapped += view.get("mapped") is False

@@ -64,13 +64,20 @@ class Thresholds:
         ordered = tuple(sorted(by_prefix.items(), key=lambda item: -len(item[0])))
         return cls(default, by_id, ordered, by_class)
 
-    def for_device(self, device_id: str, device_class: str | None = None) -> float:
+    def for_id(self, device_id: str) -> float | None:
+        """The `id:` or `prefix:` rule naming this meter, if any."""
         device_id = device_id.lower()
         if device_id in self.by_id:
             return self.by_id[device_id]
         for prefix, seconds in self.by_prefix:
             if device_id.startswith(prefix):
                 return seconds
+        return None
+
+    def for_device(self, device_id: str, device_class: str | None = None) -> float:
+        named = self.for_id(device_id)
+        if named is not None:
+            return named
         if device_class and device_class.lower() in self.by_class:
             return self.by_class[device_class.lower()]
         return self.default

@@ -174,8 +174,8 @@ def register(pipeline: Pipeline) -> Any:
                        value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     @functools.cache
-    def window_counter(size: int, revision: bool) -> Any:
-        return metrics.windows.labels(str(size), "revision" if revision else "final")
+    def window_counter(size: int, kind: str) -> Any:
+        return metrics.windows.labels(str(size), kind)
 
     def now_us() -> int:
         return int(pipeline.clock() * US)
@@ -188,7 +188,10 @@ def register(pipeline: Pipeline) -> Any:
             futures.append(await pipeline.produce(
                 settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
                 device_id=record["device_id"], timestamp=_window_start_s(record)))
-            window_counter(record["size"], bool(record["revision"])).inc()
+            if not record["final"]:  # METERSTREAM_AGGREGATE_INTERIM
+                window_counter(record["size"], "interim").inc()
+                continue
+            window_counter(record["size"], "revision" if record["revision"] else "final").inc()
             pipeline.device_metrics.window(
                 record["device_id"], record["size"], int(_window_start_s(record) * US),
                 record["energy_import_wh"], record["energy_export_wh"])

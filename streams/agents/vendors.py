@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,8 @@ def register(pipeline: Pipeline) -> None:
             record = _loads(event.value)
             previous = _loads(inventory.get(event.key))
             inventory[event.key] = event.value
-            for alert in mbus_alerts(record, previous, pipeline.clock()):
+            for alert in map(pipeline.enrich_alert, mbus_alerts(record, previous,
+                                                                  pipeline.clock())):
                 await pipeline.produce(settings.topic_alerts, orjson.dumps(alert),
                                        key=alert["device_id"].encode(),
                                        device_id=alert["device_id"])
@@ -74,37 +76,45 @@ def register(pipeline: Pipeline) -> None:
     app.agent(app.topic(settings.topic_umeter_customer, settings.topic_umeter_measurements,
                         **raw), name="fold-umeter")(fold_umeter)
 
-    async def poll_smartme() -> None:
+    async def guarded(vendor: str, poll: Callable[[], Awaitable[None]]) -> None:
+        """One poll; whatever goes wrong is logged and counted, never raised: an exception
+        escaping a Faust timer ends the timer, and the worker would never poll again."""
         began = time.time()
         try:
-            records = await fetch_inventory(pipeline)
-        except (smartme.SmartMeError, OSError) as exc:
-            metrics.vendor_polls.labels("smartme", "error").inc()
-            log.error("smart-me inventory poll failed: %s", exc)
+            await poll()
+        except (smartme.SmartMeError, umeter.UMeterError, OSError) as exc:
+            metrics.vendor_polls.labels(vendor, "error").inc()
+            log.error("%s poll failed: %s", vendor, exc)
             return
+        except Exception:
+            metrics.vendor_polls.labels(vendor, "error").inc()
+            log.exception("%s poll failed unexpectedly", vendor)
+            return
+        metrics.vendor_polls.labels(vendor, "ok").inc()
+        metrics.vendor_last_success.labels(vendor).set(began)
+
+    async def publish_inventory() -> None:
+        records = await fetch_inventory(pipeline)
         for key, record in records:
             await pipeline.produce(settings.topic_smartme_devices, orjson.dumps(record),
                                    key=key.encode(), device_id=key)
-        metrics.vendor_polls.labels("smartme", "ok").inc()
-        metrics.vendor_last_success.labels("smartme").set(began)
         log.info("smart-me inventory: %d devices", len(records))
 
-    async def poll_umeter() -> None:
-        began = time.time()
-        try:
-            customer, days = await fetch_umeter(pipeline)
-        except (umeter.UMeterError, OSError) as exc:
-            metrics.vendor_polls.labels("umeter", "error").inc()
-            log.error("UMeter poll failed: %s", exc)
-            return
+    async def publish_umeter() -> None:
+        customer, days = await fetch_umeter(pipeline)
         await pipeline.produce(settings.topic_umeter_customer, orjson.dumps(customer[1]),
                                key=customer[0].encode())
         for key, record in days:
             await pipeline.produce(settings.topic_umeter_measurements, orjson.dumps(record),
                                    key=key.encode())
-        metrics.vendor_polls.labels("umeter", "ok").inc()
-        metrics.vendor_last_success.labels("umeter").set(began)
 
+    async def poll_smartme() -> None:
+        await guarded("smartme", publish_inventory)
+
+    async def poll_umeter() -> None:
+        await guarded("umeter", publish_umeter)
+
+    pipeline.pollers = {"smartme": poll_smartme, "umeter": poll_umeter}
     if smartme_configured(pipeline):
         app.timer(settings.smartme_poll_interval, on_leader=True)(poll_smartme)
     else:

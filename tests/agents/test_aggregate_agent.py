@@ -3,11 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.agents.aggregate import TICK_KEY
 from streams.app import Pipeline
 from streams.codec import format_timestamp
-from tests.agents.conftest import Clock, Outbox, counter, wait_until
+from tests.agents.conftest import Clock, Outbox, counter, make_pipeline, wait_until
 
 DEVICE = "6513270e-269e-0d37-f2a7-4de452e6b438"
 T0 = 1_699_999_200  # 2023-11-14T22:00:00Z
@@ -128,3 +129,25 @@ async def test_device_snapshot_shows_latest_reading_and_open_windows(
     assert {w["size"] for w in snapshot["open_windows"]} == {60, 900, 3600}
     assert all(not w["final"] for w in snapshot["open_windows"])
     assert app.device_snapshot("00000000-0000-0000-0000-000000000000") is None
+
+
+@pytest.fixture
+async def interim(tmp_path: Any, clock: Clock) -> Any:
+    async for made in make_pipeline(tmp_path, clock, aggregate_interim=True):
+        yield made
+
+
+async def test_interim_updates_are_counted_apart_and_leave_the_final_window_gauge(
+    interim: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = interim
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=DEVICE.encode(), value=reading(0, 100.0, power=60.0))
+        await agent.put(key=DEVICE.encode(), value=reading(0.5, 110.0, power=60.0))
+        await wait_until(lambda: counter(app.metrics.aggregated) == 2)
+    emitted = [orjson.loads(s.value) for s in outbox.of(app.settings.topic_aggregates)]
+    assert emitted and not any(w["final"] for w in emitted)  # nothing closed yet
+    assert app.metrics.windows.labels("60", "interim")._value.get() == len(
+        [w for w in emitted if w["size"] == 60])
+    assert app.metrics.windows.labels("60", "final")._value.get() == 0
+    assert app.device_metrics.windows == {}  # "energy of the last final window"

@@ -109,3 +109,23 @@ async def test_a_revoked_partition_stops_exporting_its_devices(
 
     await app._on_revoked(app.app, {TP(app.settings.topic_readings, 2)})
     assert not any(DEVICE in name for name in scrape(app))
+
+
+async def test_id_and_prefix_rules_beat_the_gateway_threshold_which_beats_class_rules(
+    tmp_path: Path, clock: Clock
+) -> None:
+    from streams.offline import Meter
+
+    rules = "id:aaaaaaaa-0000-0000-0000-000000000001=120,prefix:bbbb=300,class:mbus=60"
+    async for app, _ in make_pipeline(tmp_path, clock, offline_thresholds=rules):
+        def gateway_meter(device_id: str) -> Meter:  # 3 readout intervals of its gateway
+            return Meter(device_id, device_class="mbus", threshold=2700.0)
+
+        named = "aaaaaaaa-0000-0000-0000-000000000001"
+        prefixed = "bbbbbbbb-0000-0000-0000-000000000002"
+        other = "cccccccc-0000-0000-0000-000000000003"
+        assert app.threshold(named, gateway_meter(named)) == 120
+        assert app.threshold(prefixed, gateway_meter(prefixed)) == 300
+        assert app.threshold(other, gateway_meter(other)) == 2700
+        assert app.threshold(other, Meter(other, device_class="mbus")) == 60
+        assert app.threshold(other, None) == 900
