@@ -7,6 +7,7 @@ level, so settings are passed in and tests can build as many isolated apps as th
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,19 @@ from streams.windows import Aggregator, Sample
 log = logging.getLogger(__name__)
 
 
+_WILDCARDS = frozenset({"", "::", ".".join("0" * 4)})  # addresses that bind every interface
+
+
+def advertised_host(settings: Settings) -> str:
+    """Where other workers reach this one; Faust builds its table-routing URL from it, and
+    a wildcard bind address is no address to send a request to."""
+    if settings.worker_advertised_host:
+        return settings.worker_advertised_host
+    if settings.worker_host in _WILDCARDS:
+        return socket.gethostname()
+    return settings.worker_host
+
+
 def make_faust_app(settings: Settings) -> faust.App:
     brokers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")
                if host.strip()]
@@ -37,7 +51,7 @@ def make_faust_app(settings: Settings) -> faust.App:
         datadir=str(settings.state_dir),
         web_enabled=True,
         web_bind=settings.worker_host,
-        web_host=settings.worker_host,
+        web_host=advertised_host(settings),
         web_port=settings.worker_port,
         web_tables_enabled=False,
         topic_partitions=settings.topic_partitions,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams import obis
 from streams.offline import ThresholdError, Thresholds
@@ -130,6 +131,11 @@ class Settings:
     state_dir: Path = _setting(Path(".meterstream/state"), "Faust data directory (RocksDB).")
     worker_host: str = _setting("127.0.0.1", "Address of the worker's web server (/metrics).")
     worker_port: int = _setting(6066, "Port of the worker's web server.")
+    worker_advertised_host: str = _setting(
+        "", "Host name the other workers reach this one at (GET /devices/{id} is forwarded "
+        "to the worker owning the meter). Empty: WORKER_HOST, or this machine's host name "
+        "when WORKER_HOST is a wildcard such as 0.0.0.0."
+    )
     worker_session_timeout: float = _setting(
         10.0, "Kafka consumer session timeout (s): how fast a dead worker's partitions move."
     )
@@ -248,6 +254,7 @@ class Settings:
                 values[f.name] = _parse(f, name, env[name])
         settings = cls(**values)._with_secret_files()
         settings.thresholds()  # fail at start, not at the first sweep
+        settings.zone()
         return settings
 
     def to_env(self) -> dict[str, str]:
@@ -279,6 +286,14 @@ class Settings:
                                   f"{self.umeter_password_file}: {exc}") from exc
             settings = settings.replace(umeter_password=password)
         return settings
+
+    def zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.local_timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"{PREFIX}LOCAL_TIMEZONE: unknown time zone "
+                              f"{self.local_timezone!r} (an IANA name such as "
+                              "Europe/Zurich)") from exc
 
     def thresholds(self) -> Thresholds:
         try:

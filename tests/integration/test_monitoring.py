@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -33,6 +34,12 @@ async def scrape(url: str) -> str:
                 return await response.text()
         except (aiohttp.ClientError, OSError):
             return ""
+
+
+async def device_view(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200, (url, response.status, await response.text())
+        return dict(await response.json())
 
 
 def exported_devices(text: str) -> set[str]:
@@ -129,6 +136,11 @@ async def test_devices_move_with_their_partitions_between_workers(
             b = exported_devices(await scrape(url_b))
             assert not a & b, f"exported twice: {a & b}"
             await asyncio.sleep(0.5)
+        # Either worker answers GET /devices/{id} for any meter (forwarded to its owner).
+        for device in (next(iter(a)), next(iter(b))):
+            for base in (url_a, url_b):
+                view = await device_view(base.replace("/metrics", f"/devices/{device}"))
+                assert view["device_id"] == device and view["latest_reading"], view
 
         second.kill()  # its partitions come back to the first worker
         await wait_for(lambda: _has_all(url_a, everyone), timeout=180,

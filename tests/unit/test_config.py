@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,21 @@ def test_to_env_round_trips() -> None:
         "METERSTREAM_TOPIC_PARTITIONS": "3",
     })
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_workers_advertise_a_reachable_host_for_table_routing() -> None:
+    from streams.app import Pipeline, advertised_host
+
+    loopback = Settings(worker_host="127.0.0.1", worker_port=6070)
+    assert advertised_host(loopback) == "127.0.0.1"
+    wildcard = Settings(worker_host="0.0.0.0")  # what the image sets
+    assert advertised_host(wildcard) == socket.gethostname() != "0.0.0.0"
+    pod = wildcard.replace(worker_advertised_host="10.1.2.3", worker_port=6071)
+    # Faust forwards GET /devices/{id} to the owner's canonical URL.
+    assert str(Pipeline(pod).app.conf.canonical_url) == "http://10.1.2.3:6071"
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "../etc/passwd", ""])
+def test_an_unknown_time_zone_is_a_clear_error_at_start(zone: str) -> None:
+    with pytest.raises(ConfigError, match="METERSTREAM_LOCAL_TIMEZONE"):
+        Settings.from_env({"METERSTREAM_LOCAL_TIMEZONE": zone})
