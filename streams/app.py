@@ -28,7 +28,8 @@ from streams.windows import Aggregator, Sample
 log = logging.getLogger(__name__)
 
 
-_WILDCARDS = frozenset({"", "::", ".".join("0" * 4)})  # addresses that bind every interface
+# Addresses that bind every interface (compared against, never bound here).
+_WILDCARDS = frozenset({"", "::", "0.0.0.0"})  # noqa: S104
 
 
 def advertised_host(settings: Settings) -> str:
