@@ -143,7 +143,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     counts = asyncio.run(simulate.simulate(
         url, devices=args.devices, rate=args.rate, duration=args.duration,
         username=username or "", password=password or "", duplicates=args.duplicates,
-        seed=args.seed))
+        late=args.late, seed=args.seed))
     print(orjson.dumps(counts).decode())
     return 0 if counts["rejected"] == counts["errors"] == 0 else 1
 
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--password", help="Basic password")
     simulate.add_argument("--duplicates", type=float, default=0.0,
                           help="share of readings sent twice, like webhook retries")
+    simulate.add_argument("--late", type=float, default=0.01,
+                          help="share of meters per round that go quiet for 2-10 rounds and "
+                               "then upload their buffered readings at once (default 0.01)")
     simulate.add_argument("--seed", type=int, default=1, help="fleet seed (same ids)")
     simulate.set_defaults(func=cmd_simulate)
     smartme = sub.add_parser("smartme", help="smart-me REST: webhook registration, devices")

@@ -156,31 +156,75 @@ def bodies(readings: list[TraceReading], per_body: int) -> Iterator[bytes]:
 
 
 async def simulate(url: str, *, devices: int, rate: float, duration: float,
-                   username: str, password: str, per_body: int = 10,
-                   duplicates: float = 0.0, seed: int = 1) -> dict[str, int]:
-    """POST live readings (now-stamped) at about `rate` readings/s for `duration` s."""
+                   username: str, password: str, duplicates: float = 0.0, late: float = 0.0,
+                   seed: int = 1, concurrency: int = 16) -> dict[str, int]:
+    """POST live readings at about `rate` readings/s (over the fleet) for `duration` s.
+
+    Each meter reports once per round, one reading per body. A `duplicates` share of
+    bodies is posted twice (webhook retries). Each round a `late` share of the meters
+    that report live goes quiet for 2-10 rounds and then uploads what it buffered in one
+    body (a batch of late readings, like a meter back from an outage). Buffers still held
+    at the end are uploaded then. Up to `concurrency` POSTs are in flight at once.
+    """
     import aiohttp
 
     fleet = Fleet(devices, seed)
     rng = random.Random(seed)
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     headers = {"Authorization": f"Basic {token}", "Content-Type": "application/octet-stream"}
-    counts = {"posted": 0, "readings": 0, "accepted": 0, "rejected": 0, "errors": 0}
+    counts = {"posted": 0, "readings": 0, "accepted": 0, "rejected": 0, "errors": 0,
+              "duplicates": 0, "batches": 0, "late_readings": 0}
     interval = devices / rate if rate > 0 else 1.0
+    held: dict[str, tuple[int, list[TraceReading]]] = {}  # device → (release round, buffer)
+    semaphore = asyncio.Semaphore(concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def post(session: aiohttp.ClientSession, chunk: bytes) -> None:
+        async with semaphore:
+            try:
+                async with session.post(url, data=chunk, headers=headers) as response:
+                    counts["accepted" if response.status == 200 else "rejected"] += 1
+                    if response.status != 200:
+                        log.warning("POST answered %d: %s", response.status,
+                                    (await response.text())[:200])
+            except (aiohttp.ClientError, OSError) as exc:
+                counts["errors"] += 1
+                log.warning("POST failed: %s", exc)
+            counts["posted"] += 1
+
+    def send(session: aiohttp.ClientSession, readings: list[TraceReading]) -> None:
+        task = asyncio.create_task(post(session, body(readings)))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    def upload(session: aiohttp.ClientSession, device_id: str) -> None:
+        _, buffered = held.pop(device_id)
+        send(session, buffered)
+        counts["batches"] += 1
+        counts["late_readings"] += len(buffered)
+
     deadline = time.monotonic() + duration
+    round_no = 0
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             began = time.monotonic()
-            readings = fleet.now(interval)
-            readings += [r for r in readings if rng.random() < duplicates]
-            for chunk in bodies(readings, per_body):
-                try:
-                    async with session.post(url, data=chunk, headers=headers) as response:
-                        counts["accepted" if response.status == 200 else "rejected"] += 1
-                except aiohttp.ClientError as exc:
-                    counts["errors"] += 1
-                    log.warning("POST failed: %s", exc)
-                counts["posted"] += 1
-            counts["readings"] += len(readings)
+            for reading in fleet.now(interval):
+                counts["readings"] += 1
+                device = reading.device_id
+                if device not in held and rng.random() < late:
+                    held[device] = (round_no + rng.randint(2, 10), [])
+                if device in held:
+                    held[device][1].append(reading)
+                    if round_no >= held[device][0]:
+                        upload(session, device)
+                    continue
+                send(session, [reading])
+                if rng.random() < duplicates:
+                    send(session, [reading])
+                    counts["duplicates"] += 1
+            round_no += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
+        for device in list(held):
+            upload(session, device)
+        await asyncio.gather(*in_flight)
     return counts
