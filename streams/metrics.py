@@ -277,3 +277,27 @@ def _gateway_families(gateways: Iterable[dict[str, Any]]) -> Iterator[Any]:
             meters.add_metric([ids[0], str(meter.get("id") or ""), str(meter.get("name") or ""),
                                str(meter.get("state_name") or meter.get("state"))], 1)
     yield from (seen, interval, state, meters)
+
+
+class _MillisecondsToSeconds:
+    """Takes Faust's observations in ms, records them in a seconds histogram."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def observe(self, milliseconds: float) -> None:
+        self.histogram.observe(milliseconds / 1000)
+
+
+def conform_faust_metrics(monitor: Any, registry: CollectorRegistry) -> None:
+    """Replace the one metric of Faust's PrometheusMonitor that breaks Prometheus naming
+    rules (``…_events_runtime_ms``; promtool wants the base unit) by the same histogram in
+    seconds, so a worker's whole scrape passes ``promtool check metrics``. Faust's other
+    latency histograms are in ms too but do not say so in their names."""
+    metrics = monitor._metrics
+    old = metrics.events_runtime_latency
+    registry.unregister(old)
+    seconds = Histogram(
+        old._name.removesuffix("_ms") + "_seconds", "Faust: time an agent took per event.",
+        registry=registry, buckets=[bound / 1000 for bound in old._upper_bounds[:-1]])
+    monitor._metrics = metrics._replace(events_runtime_latency=_MillisecondsToSeconds(seconds))

@@ -11,6 +11,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 
 from streams.app import Pipeline
 from streams.config import Settings
+from streams.metrics import conform_faust_metrics
 from streams.topics import ensure_topics, topic_specs
 
 
@@ -25,6 +26,7 @@ def run(settings: Settings) -> int:
         settings.kafka_bootstrap, topic_specs(settings) + pipeline.internal_specs()))
     setup_prometheus_sensors(pipeline.app, registry=pipeline.registry,
                              name_prefix="meterstream_faust")
+    conform_faust_metrics(pipeline.app.monitor, pipeline.registry)
     # aiokafka and Faust log every produced message at DEBUG; with their loggers left at
     # NOTSET the records are built and only then dropped by the handler (~10% of a busy
     # worker's time in a profile), so set the level where the check is cheap.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import orjson
@@ -46,10 +47,18 @@ async def test_seed_example_becomes_exactly_one_reading(
 ) -> None:
     worker = start_process("worker", settings)
     async with running_bridge(settings), aiohttp.ClientSession() as session:
+        before = datetime.now(UTC)
         status, answer = await post(session, settings, seed_body)
+        after = datetime.now(UTC)
         assert status == 200, answer
         records = await read_records(settings.kafka_bootstrap, settings.topic_readings, count=1,
                                      timeout=90, settle=3)
+    (raw,) = await read_records(settings.kafka_bootstrap, settings.topic_raw, count=1)
+    assert raw.value == seed_body  # unchanged
+    assert header(raw, "source") == "test"
+    assert header(raw, "content-type") == "application/octet-stream"
+    received = datetime.fromisoformat(header(raw, "received-at") or "")
+    assert before - timedelta(milliseconds=1) <= received <= after
     assert len(records) == 1, worker.log_tail()
     record = records[0]
     assert record.key == SEED_DEVICE.encode()
