@@ -94,7 +94,9 @@ async def test_umeter_poll_enriches_aggregates_with_ean_and_address(
             enriched = [orjson.loads(r.value) for r in records
                         if b'"ean"' in r.value]
         code, out, _ = await meterstream(settings, "umeter", "unmapped")
+        unmapped = await metric_value(url, "meterstream_devices_unmapped")
     assert code == 0 and stranger in out and device not in out
+    assert unmapped == 1  # the stranger
     assert enriched, "no aggregate record carries the EAN"
     record = enriched[0]
     assert record["device_id"] == device and record["ean"] == EAN
