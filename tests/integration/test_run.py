@@ -41,29 +41,62 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; its parent just has not reaped it
 
 
-def test_run_starts_everything_serves_the_readme_curl_and_stops_cleanly(tmp_path: Path) -> None:
-    settings = Settings(
-        kafka_state_dir=tmp_path / "kafka", kafka_port=free_port(),
-        kafka_controller_port=free_port(), bridge_port=free_port(), worker_port=free_port(),
-        state_dir=tmp_path / "state", app_id="meterstream-run-test", log_level="warning",
-        bridge_credentials=(Credential("local", "meterstream", "meterstream"),),
-    )
-    env = {**os.environ, **settings.to_env()}
-    env.pop("METERSTREAM_KAFKA_BOOTSTRAP")  # unset: `run` must start its own broker
-    out = (tmp_path / "run.out").open("w+")
-    run = subprocess.Popen([sys.executable, "-m", "streams", "run"], env=env, cwd=tmp_path,
-                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+class Run:
+    """`meterstream run` in its own session, as `make run` starts it (no Kafka configured)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.settings = Settings(
+            kafka_state_dir=tmp_path / "kafka", kafka_port=free_port(),
+            kafka_controller_port=free_port(), bridge_port=free_port(),
+            worker_port=free_port(), state_dir=tmp_path / "state",
+            app_id="meterstream-run-test", log_level="warning",
+            bridge_credentials=(Credential("local", "meterstream", "meterstream"),),
+        )
+        self.env = {**os.environ, **self.settings.to_env()}
+        self.env.pop("METERSTREAM_KAFKA_BOOTSTRAP")  # unset: `run` starts its own broker
+        self.out_path = tmp_path / "run.out"
+        self.out = self.out_path.open("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "run"], env=self.env, cwd=tmp_path,
+            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes: set[int] = set()
+
+    def output(self) -> str:
+        return self.out_path.read_text()
+
+    def wait_for_banner(self) -> str:
         deadline = time.monotonic() + 180
-        while "meterstream is running" not in Path(out.name).read_text():
-            assert run.poll() is None, Path(out.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, Path(out.name).read_text()[-3000:]
+        while "meterstream is running" not in self.output():
+            assert self.process.poll() is None, self.output()[-3000:]
+            assert time.monotonic() < deadline, self.output()[-3000:]
             time.sleep(0.5)
-        banner = Path(out.name).read_text()
+        self.processes = _descendants(self.process.pid)
+        assert len(self.processes) >= 3  # java broker, bridge, worker
+        return self.output()
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        try:
+            status = self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        finally:
+            self.out.close()
+        return status
+
+    def leftovers(self) -> list[int]:
+        time.sleep(0.5)
+        return [pid for pid in self.processes if _alive(pid)]
+
+
+def test_run_starts_everything_serves_the_readme_curl_and_stops_cleanly(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    settings, env = run.settings, run.env
+    try:
+        banner = run.wait_for_banner()
         assert f"POST http://127.0.0.1:{settings.bridge_port}/smartme/realtime" in banner
         assert f"http://127.0.0.1:{settings.worker_port}/metrics" in banner
-        processes = _descendants(run.pid)
-        assert len(processes) >= 3  # java broker, bridge, worker
 
         # The README's curl, verbatim apart from the port.
         curl = shutil.which("curl")
@@ -90,14 +123,27 @@ def test_run_starts_everything_serves_the_readme_curl_and_stops_cleanly(tmp_path
         assert reading["device_id"] == "3bd0fce9-9f8e-4183-b3d1-0c1622a22ca1"
         assert reading["timestamp"] == "2019-10-16T12:20:44.978851Z"
     finally:
-        run.send_signal(signal.SIGINT)  # what Ctrl-C does
-        try:
-            status = run.wait(120)
-        except subprocess.TimeoutExpired:
-            run.kill()
-            raise
-        out.close()
-    assert status == 0, Path(out.name).read_text()[-3000:]
-    time.sleep(0.5)
-    leftovers = [pid for pid in processes if _alive(pid)]
-    assert not leftovers, f"processes left behind: {leftovers}"
+        status = run.stop(signal.SIGINT)  # what Ctrl-C does
+    assert status == 0, run.output()[-3000:]
+    assert not run.leftovers(), f"processes left behind: {run.leftovers()}"
+
+
+def test_run_banner_lists_the_endpoints_and_topics_and_sigterm_stops_everything(
+    tmp_path: Path
+) -> None:
+    run = Run(tmp_path)
+    settings = run.settings
+    try:
+        banner = run.wait_for_banner()
+    finally:
+        status = run.stop(signal.SIGTERM)  # what a service manager sends
+    bridge = f"http://127.0.0.1:{settings.bridge_port}"
+    for expected in (f"{bridge}/metrics", f"{bridge}/healthz", f"{bridge}/readyz",
+                     f"127.0.0.1:{settings.kafka_port} (embedded",
+                     f"{settings.topic_raw} → {settings.topic_readings} → "
+                     f"{settings.topic_aggregates}, {settings.topic_alerts}",
+                     settings.topic_late, settings.topic_deadletter,
+                     f"http://127.0.0.1:{settings.worker_port}/devices/"):
+        assert expected in banner, expected
+    assert status == 0, run.output()[-3000:]
+    assert not run.leftovers(), f"processes left behind: {run.leftovers()}"
