@@ -40,6 +40,11 @@ async def _poster(session: aiohttp.ClientSession, settings: Settings, stop: asyn
             outcomes.append((time.monotonic(), -1, repr(exc)))
 
 
+async def _status(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as response:
+        return response.status
+
+
 async def test_broker_outage_mid_load_loses_nothing_and_the_bridge_recovers(
     settings: Settings, kafka: EmbeddedKafka
 ) -> None:
@@ -53,6 +58,9 @@ async def test_broker_outage_mid_load_loses_nothing_and_the_bridge_recovers(
         await loop.run_in_executor(None, kafka.stop)
         stopped_at = time.monotonic()
         await asyncio.sleep(4)
+        # Not ready while Kafka is away (a load balancer stops sending), alive all along.
+        not_ready = await _status(s, bridge_url(settings, "/readyz"))
+        alive = await _status(s, bridge_url(settings, "/healthz"))
         await loop.run_in_executor(None, kafka.start)
         restarted_at = time.monotonic()
         # The same bridge process must take bodies again, without a restart.
@@ -60,10 +68,12 @@ async def test_broker_outage_mid_load_loses_nothing_and_the_bridge_recovers(
         while not any(t > restarted_at and code == 200 for t, code, _ in outcomes):
             assert time.monotonic() < deadline, "bridge did not recover after the broker came back"
             await asyncio.sleep(0.5)
+        ready_again = await _status(s, bridge_url(settings, "/readyz"))
         await asyncio.sleep(1)
         stop.set()
         await asyncio.gather(*posters)
 
+    assert (not_ready, alive, ready_again) == (503, 200, 200)
     codes = [code for _, code, _ in outcomes]
     assert set(codes) <= {200, 503}, [o for o in outcomes if o[1] not in (200, 503)][:5]
     assert any(code == 503 for t, code, _ in outcomes if t > stopped_at), "outage not observed"

@@ -95,7 +95,7 @@ async def test_garbage_goes_to_dead_letter_and_the_next_body_is_decoded(
     assert [orjson.loads(r.value)["device_id"] for r in readings] == [SEED_DEVICE]
 
 
-async def test_wrong_credentials_get_401_and_nothing_reaches_kafka(
+async def test_wrong_credentials_get_401_wrong_methods_405_and_nothing_reaches_kafka(
     settings: Settings, seed_body: bytes
 ) -> None:
     async with running_bridge(settings), aiohttp.ClientSession() as session:
@@ -104,6 +104,10 @@ async def test_wrong_credentials_get_401_and_nothing_reaches_kafka(
                                     ) as response:
                 assert response.status == 401
                 assert response.headers["WWW-Authenticate"].startswith("Basic")
+        for method in ("GET", "PUT"):  # the webhook takes POST only
+            async with session.request(method, bridge_url(settings), data=seed_body,
+                                       headers=AUTH) as response:
+                assert response.status == 405, method
         await asyncio.sleep(1)
     assert await topic_size(settings.kafka_bootstrap, settings.topic_raw) == 0
 
