@@ -37,22 +37,32 @@ def totals(head: dict[str, Any], day: date) -> tuple[float, float] | None:
             sum((v[1] or 0.0) for v in hours.values()) / 1000)
 
 
+def _reconciled(head: dict[str, Any]) -> dict[str, float | None]:
+    """Day → the grid operator's kWh it was reconciled against (older state: a list of
+    days, whose figure is unknown and so counts as changed once)."""
+    done = head.get("reconciled", {})
+    return dict.fromkeys(done) if isinstance(done, list) else dict(done)
+
+
 def pending(head: dict[str, Any], device_id: str, enrichment: Enrichment
             ) -> list[tuple[date, float, float]]:
-    """Days ready to reconcile: complete here, measured by the grid operator, not done."""
+    """Days ready to reconcile: complete here, measured by the grid operator, and not yet
+    reconciled against this figure. Grid-operator data for a day often arrives in parts
+    over the next day, so a day is reconciled again whenever its figure changes."""
     place = enrichment.place(device_id)
     if place is None:
         return []
-    done = set(head.get("reconciled", []))
+    done = _reconciled(head)
     ready = []
     for day_text in sorted(head.get("days", {})):
-        if day_text in done:
-            continue
         day = date.fromisoformat(day_text)
         ours = totals(head, day)
         theirs = enrichment.measured_kwh(place.ean, day)
-        if ours is not None and theirs is not None and theirs[0] is not None:
-            ready.append((day, ours[0], float(theirs[0])))
+        if ours is None or theirs is None or theirs[0] is None:
+            continue
+        if day_text in done and done[day_text] == float(theirs[0]):
+            continue
+        ready.append((day, ours[0], float(theirs[0])))
     return ready
 
 
@@ -64,8 +74,9 @@ def reconcile(head: dict[str, Any], device_id: str, enrichment: Enrichment, tole
     for day, ours, theirs in pending(head, device_id, enrichment):
         difference = ours - theirs
         ratio = difference / theirs if theirs else (0.0 if not difference else float("inf"))
-        head.setdefault("reconciled", []).append(day.isoformat())
-        head["reconciled"] = head["reconciled"][-KEEP_DAYS:]
+        done = _reconciled(head)
+        done[day.isoformat()] = theirs
+        head["reconciled"] = {d: done[d] for d in sorted(done)[-KEEP_DAYS:]}
         latest = (day, ratio)
         if abs(ratio) > tolerance:
             place = enrichment.place(device_id)

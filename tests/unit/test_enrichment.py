@@ -92,3 +92,27 @@ def test_a_complete_day_is_reconciled_once(tmp_path: Path, measured_kwh: float,
     if alerts:
         assert found[0]["ean"] == EAN and found[0]["state"] == "reconciliation_mismatch"
     assert reconcile.reconcile(head, SMARTME_ID, known, tolerance=0.05) == ([], None)
+
+
+def test_a_day_is_reconciled_again_when_the_grid_operator_figure_changes(
+    tmp_path: Path
+) -> None:
+    day_start = 1_795_129_200_000_000  # 2026-11-20 00:00 Europe/Amsterdam
+    head = _day_head(day_start, 24, 1000.0)  # 24 kWh here
+    partial = enrichment(tmp_path, {f"{EAN}|20261120": {"import_kwh": 6.0, "export_kwh": 0.0}})
+    (alert,), _ = reconcile.reconcile(head, SMARTME_ID, partial, tolerance=0.05)
+    assert alert["grid_operator_kwh"] == 6.0  # the morning after: a quarter of the day
+    later = tmp_path / "later"
+    later.mkdir()
+    complete = enrichment(later, {f"{EAN}|20261120": {"import_kwh": 24.0, "export_kwh": 0.0}})
+    assert reconcile.reconcile(head, SMARTME_ID, complete, tolerance=0.05) == (
+        [], (date(2026, 11, 20), 0.0))
+    assert reconcile.reconcile(head, SMARTME_ID, complete, tolerance=0.05) == ([], None)
+
+
+def test_reconciled_days_of_older_state_are_checked_once_more(tmp_path: Path) -> None:
+    head = _day_head(1_795_129_200_000_000, 24, 1000.0)
+    head["reconciled"] = ["2026-11-20"]  # what earlier versions stored
+    known = enrichment(tmp_path, {f"{EAN}|20261120": {"import_kwh": 24.0, "export_kwh": 0.0}})
+    assert reconcile.reconcile(head, SMARTME_ID, known, tolerance=0.05)[1] is not None
+    assert head["reconciled"] == {"2026-11-20": 24.0}
