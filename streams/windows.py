@@ -318,7 +318,6 @@ class Aggregator:
     def apply(self, device: Device, samples: Iterable[Sample], arrival_us: int) -> Outcome:
         outcome = Outcome()
         head = device.head
-        dirty: set[tuple[int, int]] = set()
         for sample in samples:
             event_time = head["event_time"]
             if event_time is not None and sample.ts < event_time - self.lateness_us:
@@ -329,14 +328,18 @@ class Aggregator:
             inserted = self._insert(device, sample, outcome)
             if not inserted:
                 continue
-            dirty |= self._touched_windows(device, sample)
             if event_time is None or sample.ts > event_time:
                 head["event_time"] = sample.ts
             if head["latest"] is None or sample.ts >= head["latest"][TS]:
                 head["latest"] = list(sample)
+            # Settled after every reading, not once per batch: what is emitted (a window's
+            # revision 0, each revision) then depends only on the device's readings in
+            # arrival order, never on how a consumer happened to batch them, so a replay
+            # after a crash re-emits exactly what was emitted before.
+            self._settle(device, self._touched_windows(device, sample), head["event_time"],
+                         outcome)
         head["arrival"] = arrival_us
         device.mark_head()
-        self._settle(device, dirty, head["event_time"], outcome)
         self._prune(device)
         return outcome
 
