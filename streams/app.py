@@ -207,6 +207,10 @@ class Pipeline:
             "threshold": watch.get("threshold"),
         })
 
+    async def rewind(self, tp: Any, offset: int) -> None:
+        """Consume a partition again from `offset` (the agents' duplicates are harmless)."""
+        await self.app.consumer.seek(tp, offset)
+
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
         revoked = args[0] if args else set()

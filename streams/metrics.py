@@ -87,6 +87,11 @@ class WorkerMetrics:
             "meterstream_vendor_last_success_timestamp_seconds",
             "When a poll of the vendor's API last succeeded.", ["vendor"], registry=registry,
         )
+        self.offset_gaps = Counter(
+            "meterstream_readings_offset_gaps_total",
+            "Readings offsets found skipped after a rebalance (the partition was rewound).",
+            registry=registry,
+        )
         self.ticks = Counter(
             "meterstream_sweep_ticks_total",
             "Wall-clock ticks handled (each sweeps one partition's quiet devices).",
