@@ -110,6 +110,35 @@ async def final_aggregates(settings: Settings, trace: Trace, timeout: float = 24
             f"{len(wanted - latest.keys())} of {len(wanted)} windows missing")
 
 
+def assert_reference_windows(latest: dict[bytes, dict[str, Any]], trace: Trace, *,
+                             final: bool = False) -> None:
+    """Every expected window, and nothing else, as the straightforward computation over
+    the sorted trace gives it (energy to 1e-6 relative); `final`: each one marked final."""
+    checked = 0
+    for device, readings in trace.expected.items():
+        for size, start in reference.expected_windows(readings, SIZES):
+            got = latest[f"{device}|{size}|{reference_start(start)}".encode()]
+            if final:
+                assert got["final"] is True, got
+            for key, value in reference.window(readings, size, start).items():
+                if value is None or isinstance(value, int):
+                    assert got[key] == value, (key, got)
+                else:
+                    assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, got)
+            checked += 1
+    assert checked == len(latest)  # and nothing beyond the expected windows
+
+
+def assert_same_windows(latest: dict[bytes, dict[str, Any]],
+                        expected: dict[bytes, dict[str, Any]]) -> None:
+    """The same windows with the same content; only `revision` may differ."""
+    assert latest.keys() == expected.keys()
+    differing = [(k, f, latest[k].get(f), w.get(f)) for k, w in expected.items()
+                 for f in w.keys() | latest[k].keys()
+                 if f != "revision" and latest[k].get(f) != w.get(f)]
+    assert not differing, f"{len(differing)} differences, e.g. {differing[:5]}"
+
+
 def reference_start(start_us: int) -> str:
     from streams.codec import format_timestamp
 
@@ -155,18 +184,7 @@ async def test_final_aggregates_equal_the_computation_over_the_sorted_trace(
     uninterrupted: tuple[dict[bytes, dict[str, Any]], list[Any], Settings], trace: Trace
 ) -> None:
     latest, records, settings = uninterrupted
-    checked = 0
-    for device, readings in trace.expected.items():
-        for size, start in reference.expected_windows(readings, SIZES):
-            got = latest[f"{device}|{size}|{reference_start(start)}".encode()]
-            want = reference.window(readings, size, start)
-            for key, value in want.items():
-                if value is None or isinstance(value, int):
-                    assert got[key] == value, (key, got)
-                else:
-                    assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, got)
-            checked += 1
-    assert checked == len(latest)  # and nothing beyond the expected windows
+    assert_reference_windows(latest, trace)
     resets = sum(w["resets"] for w in latest.values() if w["size"] == 3600)
     assert resets == 1
     # The held-back readings did correct windows that were already final.
@@ -182,11 +200,7 @@ async def test_sigkill_halfway_then_restart_ends_with_identical_aggregates(
     expected, _, _ = uninterrupted
     latest, records, _ = await run_pipeline(kafka, tmp_path / "state", trace,
                                             kill_halfway=True)
-    assert latest.keys() == expected.keys()
-    differing = [(k, f, latest[k].get(f), w.get(f)) for k, w in expected.items()
-                 for f in w.keys() | latest[k].keys()
-                 if f != "revision" and latest[k].get(f) != w.get(f)]
-    assert not differing, f"{len(differing)} differences, e.g. {differing[:5]}"
+    assert_same_windows(latest, expected)
     # Re-emitted after the crash is fine, but only with identical content.
     seen: dict[tuple[bytes, int], bytes] = {}
     for record in records:

@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams import simulate
@@ -35,7 +34,6 @@ from streams.config import Settings
 from streams.embedded_kafka import EmbeddedKafka, free_port
 from streams.topics import ensure_topics, topic_specs
 from streams.windows import US
-from tests import reference
 from tests.integration.conftest import (
     AUTH,
     Process,
@@ -46,7 +44,13 @@ from tests.integration.conftest import (
     unique_settings,
     wait_http_ok,
 )
-from tests.integration.test_aggregation import SIZES, Trace, final_aggregates, reference_start
+from tests.integration.test_aggregation import (
+    SIZES,
+    Trace,
+    assert_reference_windows,
+    assert_same_windows,
+    final_aggregates,
+)
 from tests.integration.test_monitoring import exported_devices, scrape
 
 DEVICES, MINUTES, CADENCE = 500, 20, 60
@@ -334,21 +338,6 @@ async def test_three_workers_two_bridges_one_sigkill_same_aggregates_no_double_e
 
     # (b) the final aggregates are those of one worker over the same trace, exactly (window
     # contents are a pure function of the sorted readings; only revisions may differ) ...
-    assert latest.keys() == alone.keys()
-    differing = [(k, f, latest[k].get(f), w.get(f)) for k, w in alone.items()
-                 for f in w.keys() | latest[k].keys()
-                 if f != "revision" and latest[k].get(f) != w.get(f)]
-    assert not differing, f"{len(differing)} differences, e.g. {differing[:5]}"
+    assert_same_windows(latest, alone)
     # ... and what the straightforward computation over the sorted trace gives.
-    checked = 0
-    for device, readings in trace.expected.items():
-        for size, start in reference.expected_windows(readings, SIZES):
-            got = latest[f"{device}|{size}|{reference_start(start)}".encode()]
-            assert got["final"] is True, got
-            for key, value in reference.window(readings, size, start).items():
-                if value is None or isinstance(value, int):
-                    assert got[key] == value, (key, got)
-                else:
-                    assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, got)
-            checked += 1
-    assert checked == len(latest)  # and nothing beyond the expected windows
+    assert_reference_windows(latest, trace, final=True)
