@@ -172,8 +172,10 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
 async def read_records(
     bootstrap: str, topic: str, *, count: int, timeout: float = 60.0, settle: float = 1.0
 ) -> list[ConsumerRecord]:
-    """Every record of a topic once at least `count` arrived (then `settle` s more, so a
-    test asserting "exactly N" also sees extras), or whatever there is at `timeout`."""
+    """Every record of a topic once at least `count` arrived: read on to the end offsets
+    of that moment (a topic with replayed duplicates holds more than `count`, and the
+    first `count` records need not cover every partition), then `settle` s more, so a
+    test asserting "exactly N" also sees extras. Whatever there is at `timeout`."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -190,15 +192,22 @@ async def read_records(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[ConsumerRecord] = []
+        ends: dict[TopicPartition, int] | None = None
         settle_until: float | None = None
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for part in batch.values():
                 records.extend(part)
-            if len(records) >= count:
-                settle_until = settle_until or time.monotonic() + settle
-                if time.monotonic() >= settle_until:
-                    break
+            if len(records) < count:
+                continue
+            if ends is None:
+                ends = await consumer.end_offsets(tps)
+            behind = [tp for tp, end in ends.items() if await consumer.position(tp) < end]
+            if behind:
+                continue
+            settle_until = settle_until or time.monotonic() + settle
+            if time.monotonic() >= settle_until:
+                break
         return records
     finally:
         await consumer.stop()
