@@ -1,3 +1,5 @@
+import pytest
+
 from streams.agents.gaps import GapGuard, Verdict
 
 TP = ("meter.readings", 3)
@@ -32,3 +34,18 @@ def test_partitions_that_moved_away_are_forgotten() -> None:
     assert guard.check(TP, 500) is None
     other = ("meter.readings", 4)
     assert guard.check(other, 7) is None  # first event of a new partition: never a gap
+
+
+def test_an_offset_that_never_comes_back_stops_the_wait_instead_of_stalling(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    guard = GapGuard(give_up=60, clock=lambda: now[0])
+    guard.check(TP, 10)
+    guard.assigned([TP])
+    assert guard.check(TP, 12) == Verdict(11, seek=True)
+    now[0] += 59
+    assert guard.check(TP, 13) == Verdict(11, seek=False)  # still waiting for 11
+    now[0] += 2
+    assert guard.check(TP, 14) is None  # 11 is gone (retention): go on from here
+    assert "offset 11 did not come back" in caplog.text
+    assert guard.check(TP, 15) is None and guard.last[TP] == 15
