@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import random
 import shutil
 import signal
 import socket
@@ -41,8 +42,37 @@ def port_open(port: int, host: str = HOST) -> bool:
     return False
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free now, for a server started a moment later.
+
+    Chosen below the kernel's ephemeral range: a port the kernel picks for `bind(0)` comes
+    from the range it also gives outgoing connections, so a Kafka client connecting in
+    between can take it (seen in the scale-out test: a worker failed with EADDRINUSE).
+    """
+    start = _ephemeral_start()
+    low = 10_000 if start > 12_000 else 1_024
+    for _ in range(200):
+        port = random.randrange(low, start)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # every try taken: let the kernel choose
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
