@@ -3,7 +3,6 @@ import socket
 import pytest
 
 from streams import embedded_kafka
-
 from streams.embedded_kafka import HOST, _ephemeral_start, free_port
 
 
