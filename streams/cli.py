@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from streams.config import ConfigError, Settings
+from streams.logs import throttle_client_logs
 
 log = logging.getLogger("meterstream")
 
@@ -29,6 +30,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    throttle_client_logs()
 
 
 def _require_bootstrap(settings: Settings) -> None:

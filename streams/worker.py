@@ -11,6 +11,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 
 from streams.app import Pipeline
 from streams.config import Settings
+from streams.logs import throttle_client_logs
 from streams.metrics import conform_faust_metrics
 from streams.topics import ensure_topics, topic_specs
 
@@ -32,6 +33,7 @@ def run(settings: Settings) -> int:
     # worker's time in a profile), so set the level where the check is cheap.
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
+    throttle_client_logs()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level, loop=loop)
     worker.execute_from_commandline()
     return 0
