@@ -17,6 +17,7 @@ import orjson
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from streams.agents.outbox import Outbox
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
 from streams.enrichment import Enrichment
@@ -61,6 +62,7 @@ def make_faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(settings.worker_session_timeout / 5, 0.5),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_request_timeout=settings.worker_produce_timeout,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -127,6 +129,10 @@ class Pipeline:
         return await self.app.producer.send(
             topic, key, value, partition, timestamp,
             list(headers.items()) if headers else None)
+
+    def outbox(self) -> Outbox:
+        """Collects a batch's records; its confirm() returns once Kafka has them all."""
+        return Outbox(self.produce, self.metrics.resent)
 
     def _partition(self, topic: str, device_id: str) -> int | None:
         cached = self._partitions.get((topic, device_id))
@@ -264,8 +270,10 @@ class Pipeline:
             "origin-partition": str(message.partition).encode(),
             "origin-offset": str(message.offset).encode(),
         }
-        await self.produce(self.settings.topic_deadletter, body, key=message.key,
-                           headers=headers)
+        outbox = self.outbox()
+        await outbox.send(self.settings.topic_deadletter, body, key=message.key,
+                          headers=headers)
+        await outbox.confirm()
         self.metrics.deadletters.inc()
         log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
                     message.partition, message.offset, len(body), reason)

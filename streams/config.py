@@ -139,6 +139,10 @@ class Settings:
     worker_session_timeout: float = _setting(
         10.0, "Kafka consumer session timeout (s): how fast a dead worker's partitions move."
     )
+    worker_produce_timeout: float = _setting(
+        1200.0, "Seconds the worker's producer tries to deliver a record before the agent "
+        "sends it again (Faust's producer_request_timeout)."
+    )
     decode_batch: int = _setting(500, "Raw bodies the decoder takes per batch.")
     local_timezone: str = _setting(
         "UTC", "IANA zone for smart-me DateTime values of kind LOCAL (never seen in practice)."

@@ -87,6 +87,11 @@ class WorkerMetrics:
             "meterstream_vendor_last_success_timestamp_seconds",
             "When a poll of the vendor's API last succeeded.", ["vendor"], registry=registry,
         )
+        self.resent = Counter(
+            "meterstream_records_resent_total",
+            "Records sent again because Kafka did not acknowledge them in time (the batch "
+            "waits for them; nothing is lost).", registry=registry,
+        )
         self.offset_gaps = Counter(
             "meterstream_readings_offset_gaps_total",
             "Readings offsets found skipped after a rebalance (the partition was rewound).",

@@ -17,7 +17,6 @@ table writes made while handling it go to the right changelog partition.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -183,12 +182,12 @@ def register(pipeline: Pipeline) -> Any:
 
     async def send_outcome(batch: Batch) -> None:
         outcome = batch.outcome
-        futures = []
+        outbox = pipeline.outbox()
         for record in outcome.emitted:
             enriched = pipeline.enrich_aggregate(record)
-            futures.append(await pipeline.produce(
+            await outbox.send(
                 settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
-                device_id=record["device_id"], timestamp=_window_start_s(record)))
+                device_id=record["device_id"], timestamp=_window_start_s(record))
             if not record["final"]:  # METERSTREAM_AGGREGATE_INTERIM
                 window_counter(record["size"], "interim").inc()
                 continue
@@ -200,16 +199,16 @@ def register(pipeline: Pipeline) -> Any:
             original = batch.late_records.get(sample.ts, {})
             value = {**original, "late_reason": reason}
             device = str(original.get("device_id", ""))
-            futures.append(await pipeline.produce(
+            await outbox.send(
                 settings.topic_late, orjson.dumps(value), key=device.encode(),
-                device_id=device, timestamp=sample.ts / US))
+                device_id=device, timestamp=sample.ts / US)
             log.info("late reading %s at %s: %s", original.get("device_id"),
                      original.get("timestamp"), reason)
         for alert in batch.alerts:
             enriched = pipeline.enrich_alert(alert)
-            futures.append(await pipeline.produce(
+            await outbox.send(
                 settings.topic_alerts, orjson.dumps(enriched),
-                key=alert["device_id"].encode(), device_id=alert["device_id"]))
+                key=alert["device_id"].encode(), device_id=alert["device_id"])
             metrics.alerts.labels(alert["state"]).inc()
             log.warning("alert for meter %s: %s %s", alert["device_id"], alert["state"].upper(),
                         {k: v for k, v in alert.items() if k not in ("device_id", "state")})
@@ -217,8 +216,7 @@ def register(pipeline: Pipeline) -> Any:
         metrics.duplicates.inc(outcome.duplicates)
         metrics.revisions.inc(outcome.revisions)
         # Records first, state second: see the module docstring.
-        if futures:
-            await asyncio.gather(*futures)
+        await outbox.confirm()
 
     def apply_readings(batch: Batch, device_id: str,
                        items: list[tuple[Any, dict[str, Any]]]) -> None:

@@ -49,6 +49,7 @@ def register(pipeline: Pipeline) -> Any:
 
     async def decode(stream: Any) -> None:
         async for events in stream.take_events(settings.decode_batch, within=_BATCH_WINDOW):
+            outbox = pipeline.outbox()
             for event in events:
                 body = event.value if event.value is not None else b""
                 origin = header_map(event.headers)
@@ -62,13 +63,14 @@ def register(pipeline: Pipeline) -> Any:
                 passthrough: dict[str, bytes] = {
                     k: origin[k] for k in ("source", "request-id") if k in origin}
                 for reading in readings:
-                    await pipeline.produce(
+                    await outbox.send(
                         settings.topic_readings, reading_record(reading, origin),
                         key=reading.device_id.encode(), device_id=reading.device_id,
                         timestamp=reading.timestamp_us / 1_000_000, headers=passthrough,
                     )
                 metrics.bodies.inc()
                 metrics.readings.inc(len(readings))
+            await outbox.confirm()  # only then may Faust ack (and commit) the raw bodies
 
     return pipeline.app.agent(pipeline.raw_topic, name="decode")(decode)
 
