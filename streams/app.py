@@ -17,6 +17,7 @@ import orjson
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from streams.agents.gaps import GapGuard
 from streams.agents.outbox import Outbox
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
@@ -89,6 +90,7 @@ class Pipeline:
         self.metrics = WorkerMetrics(self.registry)
         self.clock = clock
         self._partitions: dict[tuple[str, str], int] = {}
+        self._assignment_hooks: list[Callable[..., Awaitable[None]]] = []
         self.thresholds = settings.thresholds()
         self.inventory: dict[str, Meter] = {}
         if settings.inventory_file is not None:
@@ -212,6 +214,29 @@ class Pipeline:
             "online": 1 if is_online(head) else 0,
             "threshold": watch.get("threshold"),
         })
+
+    def offset_check(self, topic: str) -> Callable[[Any], Awaitable[None]]:
+        """A check an agent runs on every event it takes from `topic`: rewinds the
+        partition when offsets before the event never arrived (streams.agents.gaps)."""
+        guard = GapGuard()
+
+        async def on_assigned(_sender: Any, assigned: Any = (), **_: Any) -> None:
+            guard.assigned(tp for tp in assigned if tp.topic == topic)
+
+        self.app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+        self._assignment_hooks.append(on_assigned)  # the signal may hold it weakly
+        gaps = self.metrics.offset_gaps.labels(topic)
+
+        async def check(event: Any) -> None:
+            message = event.message
+            if message.topic != topic:
+                return
+            rewind_to = guard.check(message.tp, message.offset)
+            if rewind_to is not None:
+                gaps.inc()
+                await self.rewind(message.tp, rewind_to)
+
+        return check
 
     async def rewind(self, tp: Any, offset: int) -> None:
         """Consume a partition again from `offset` (the agents' duplicates are harmless)."""

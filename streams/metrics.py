@@ -93,9 +93,10 @@ class WorkerMetrics:
             "waits for them; nothing is lost).", registry=registry,
         )
         self.offset_gaps = Counter(
-            "meterstream_readings_offset_gaps_total",
-            "Readings offsets found skipped after a rebalance (the partition was rewound).",
-            registry=registry,
+            "meterstream_offset_gaps_total",
+            "Offsets that never reached an agent on a partition it holds; the partition "
+            "was rewound to fetch them again.",
+            ["topic"], registry=registry,
         )
         self.ticks = Counter(
             "meterstream_sweep_ticks_total",

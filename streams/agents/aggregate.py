@@ -31,7 +31,6 @@ import orjson
 from faust.streams import _current_event
 
 from streams import offline, reconcile
-from streams.agents.gaps import GapGuard
 from streams.windows import US, Aggregator, Device, Outcome, Sample
 
 if TYPE_CHECKING:
@@ -306,35 +305,16 @@ def register(pipeline: Pipeline) -> Any:
         pipeline.device_metrics.keep_partitions(partition, present)
         metrics.sweep_duration.observe(time.perf_counter() - began)
 
-    guard = GapGuard()
-
-    async def on_assigned(_sender: Any, assigned: Any = (), **_: Any) -> None:
-        guard.assigned(tp for tp in assigned if tp.topic == settings.topic_readings)
-
-    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
-
-    async def skipped_past(event: Any) -> bool:
-        """Whether the event lies beyond offsets Faust skipped (see streams.agents.gaps)."""
-        tp, offset = event.message.tp, event.message.offset
-        verdict = guard.check(tp, offset)
-        if verdict is None:
-            return False
-        if verdict.seek:
-            metrics.offset_gaps.inc()
-            log.error("%s[%d]: offsets %d..%d were skipped during a rebalance; rewinding",
-                      tp.topic, tp.partition, verdict.rewind_to, offset - 1)
-            await pipeline.rewind(tp, verdict.rewind_to)
-        return True
+    check_offsets = pipeline.offset_check(settings.topic_readings)
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
             by_device: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
             ticks = []
             for event in events:
+                await check_offsets(event)
                 if event.message.topic == settings.topic_ticks or event.key == TICK_KEY:
                     ticks.append(event)
-                    continue
-                if await skipped_past(event):
                     continue
                 try:
                     record = orjson.loads(event.value)

@@ -46,11 +46,13 @@ def register(pipeline: Pipeline) -> Any:
     decoder = pipeline.decoder
     metrics = pipeline.metrics
     min_us = _year_start_us(settings.min_reading_year)
+    check_offsets = pipeline.offset_check(settings.topic_raw)
 
     async def decode(stream: Any) -> None:
         async for events in stream.take_events(settings.decode_batch, within=_BATCH_WINDOW):
             outbox = pipeline.outbox()
             for event in events:
+                await check_offsets(event)
                 body = event.value if event.value is not None else b""
                 origin = header_map(event.headers)
                 try:

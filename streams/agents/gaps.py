@@ -1,12 +1,18 @@
-"""Offsets skipped on a partition this worker kept through a rebalance.
+"""Offsets that never reached an agent on a partition this worker holds.
 
-Once in about ten scale-out runs a reading in flight during a rebalance was never applied
-while the ones around it were (README, Known issues; the cause inside faust-streaming is
-not established). The guard remembers the last offset applied per partition; when the
-first event after a rebalance lies beyond it, the agent rewinds the partition and drops
-events until the missing one comes again. Applying a reading twice changes nothing, so
-rewinding is safe. If the missing offset does not come back within `give_up` seconds
-(deleted by retention, say), the guard stops waiting rather than stall the partition.
+Seen in the scale-out test (README, Known issues): on a raw partition, offsets 140 and 141
+were never handed to the decode agent while 139 and 142 onwards were, around a rebalance;
+Faust never acked them, so the committed offset stayed at 140 for good, but nothing
+fetched them again either, and their readings were missing until the next rebalance.
+
+The guard expects the offsets of a partition to arrive contiguously while this worker
+holds it (our topics have no transaction markers and are not compacted). When one
+arrives beyond the next expected offset, the agent processes it as usual and rewinds the
+partition to the first missing offset; events that come twice are harmless (decoding
+again yields the same readings, applying a reading again changes nothing). A rewind can be
+undone by a fetch still in flight, so until the missing offsets have come the guard asks
+again every `retry_after` seconds; after `give_up` seconds it logs and stops asking. As
+the missing offsets were never acked, a restart or rebalance also fetches them again.
 """
 
 from __future__ import annotations
@@ -14,50 +20,65 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 
-class Verdict(NamedTuple):
-    rewind_to: int
-    seek: bool  # False: already rewound there, just drop the event
+@dataclass
+class _Hole:
+    first: int  # first missing offset
+    end: int  # last missing offset
+    since: float
+    asked: float  # when the last rewind was asked for
 
 
 class GapGuard:
-    def __init__(self, give_up: float = 60.0,
+    def __init__(self, retry_after: float = 2.0, give_up: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after = retry_after
         self.give_up = give_up
         self.clock = clock
         self.last: dict[Hashable, int] = {}
-        self.expect: dict[Hashable, int] = {}
-        self.rewound: dict[Hashable, tuple[int, float]] = {}
+        self.holes: dict[Hashable, _Hole] = {}
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
-        """A rebalance ended: check the partitions kept, forget the others."""
+        """A rebalance ended: keep what is known of kept partitions, forget the others
+        (their next owner starts at the committed offset, before any missing one)."""
         kept = set(partitions)
         for tp in list(self.last):
-            if tp in kept:
-                self.expect[tp] = self.last[tp] + 1
-            else:
+            if tp not in kept:
                 del self.last[tp]
-                self.expect.pop(tp, None)
-                self.rewound.pop(tp, None)
+                self.holes.pop(tp, None)
 
-    def check(self, tp: Hashable, offset: int) -> Verdict | None:
-        """None: apply the event. A verdict: it lies beyond a gap; drop it (and seek)."""
-        expected = self.expect.get(tp)
-        if expected is not None:
-            if offset > expected:
-                rewound = self.rewound.get(tp)
-                if rewound is None or rewound[0] != expected:
-                    self.rewound[tp] = (expected, self.clock())
-                    return Verdict(expected, seek=True)
-                if self.clock() - rewound[1] < self.give_up:
-                    return Verdict(expected, seek=False)
-                log.error("%s: offset %d did not come back %.0f s after the rewind; "
-                          "going on from offset %d", tp, expected, self.give_up, offset)
-            del self.expect[tp]
-            self.rewound.pop(tp, None)
-        self.last[tp] = max(self.last.get(tp, -1), offset)
-        return None
+    def check(self, tp: Hashable, offset: int) -> int | None:
+        """Note an event's offset; returns the offset to rewind the partition to, if any."""
+        now = self.clock()
+        last = self.last.get(tp)
+        hole = self.holes.get(tp)
+        if hole is not None and hole.first <= offset <= hole.end:
+            hole.first = offset + 1
+            if hole.first > hole.end:
+                del self.holes[tp]
+                log.warning("%s: the missing offsets arrived; partition complete again", tp)
+                hole = None
+        if last is not None and offset > last + 1:
+            if hole is None:
+                hole = self.holes[tp] = _Hole(last + 1, offset - 1, now, now)
+            else:
+                hole.end = offset - 1
+                hole.asked = now
+            self.last[tp] = offset
+            log.error("%s: offsets %d..%d never arrived; rewinding to %d",
+                      tp, last + 1, offset - 1, hole.first)
+            return hole.first
+        self.last[tp] = offset if last is None else max(last, offset)
+        if hole is None or now - hole.asked < self.retry_after:
+            return None
+        if now - hole.since >= self.give_up:
+            log.error("%s: offsets %d..%d did not come back within %.0f s; no longer "
+                      "waiting for them", tp, hole.first, hole.end, self.give_up)
+            del self.holes[tp]
+            return None
+        hole.asked = now
+        return hole.first

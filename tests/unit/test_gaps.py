@@ -1,51 +1,74 @@
 import pytest
 
-from streams.agents.gaps import GapGuard, Verdict
+from streams.agents.gaps import GapGuard
 
-TP = ("meter.readings", 3)
+TP = ("smartme.raw", 1)
 
 
-def test_a_partition_kept_through_a_rebalance_resumes_where_it_was_applied() -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_offsets_that_never_arrived_rewind_the_partition_until_they_come(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    guard = GapGuard(retry_after=2, clock=clock)
+    for offset in range(130, 140):
+        assert guard.check(TP, offset) is None
+    # 140 and 141 were fetched but never handed to the agent (seen in the scale-out test).
+    assert guard.check(TP, 142) == 140
+    assert "offsets 140..141 never arrived; rewinding to 140" in caplog.text
+    assert guard.check(TP, 143) is None  # already in the queue: processed, no new rewind
+    clock.now += 2.5
+    assert guard.check(TP, 144) == 140  # the rewind was undone by a fetch in flight: again
+    for offset in (140, 141):  # fetched again
+        assert guard.check(TP, offset) is None
+    assert not guard.holes and "arrived; partition complete again" in caplog.text
+    for offset in (142, 143, 144, 145):  # the rest comes twice: no new hole
+        assert guard.check(TP, offset) is None
+    clock.now += 10
+    assert guard.check(TP, 146) is None
+
+
+def test_a_hole_that_never_fills_stops_the_rewinds_after_give_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    guard = GapGuard(retry_after=2, give_up=60, clock=clock)
+    guard.check(TP, 10)
+    assert guard.check(TP, 12) == 11
+    asked = []
+    for offset in range(13, 100):
+        clock.now += 1
+        asked.append(guard.check(TP, offset))
+    assert asked.count(11) == 29  # every 2 s for 60 s (offset 11 deleted by retention, say)
+    assert all(a is None for a in asked[60:])
+    assert "offsets 11..11 did not come back within 60 s" in caplog.text
+
+
+def test_contiguous_offsets_and_redeliveries_never_rewind() -> None:
     guard = GapGuard()
-    for offset in (960, 961):
-        assert guard.check(TP, offset) is None
-    guard.assigned([TP])
-    # Faust acked 962 unseen and committed 963: rewind once, drop what lies beyond.
-    assert guard.check(TP, 963) == Verdict(962, seek=True)
-    assert guard.check(TP, 964) == Verdict(962, seek=False)
-    for offset in (962, 963, 964):  # fetched again from 962
-        assert guard.check(TP, offset) is None
-    assert guard.last[TP] == 964
+    assert [guard.check(TP, o) for o in (5, 6, 7, 5, 6, 7, 8)] == [None] * 7
 
 
-def test_no_gap_no_rewind_and_redelivered_events_are_applied() -> None:
+def test_partitions_that_moved_away_are_forgotten_and_new_ones_start_anywhere() -> None:
     guard = GapGuard()
     guard.check(TP, 10)
-    guard.assigned([TP])
-    assert guard.check(TP, 8) is None  # uncommitted events come again: duplicates, fine
-    assert guard.check(TP, 9) is None and guard.check(TP, 11) is None
-
-
-def test_partitions_that_moved_away_are_forgotten() -> None:
-    guard = GapGuard()
-    guard.check(TP, 10)
-    guard.assigned([])  # another worker takes it and goes on
+    assert guard.check(TP, 15) == 11
+    guard.assigned([])  # another worker takes it, from the committed offset (<= 11)
+    assert not guard.holes
     guard.assigned([TP])  # back later, further on: not a gap
     assert guard.check(TP, 500) is None
-    other = ("meter.readings", 4)
-    assert guard.check(other, 7) is None  # first event of a new partition: never a gap
+    assert guard.check(("smartme.raw", 4), 7) is None
 
 
-def test_an_offset_that_never_comes_back_stops_the_wait_instead_of_stalling(
-        caplog: pytest.LogCaptureFixture) -> None:
-    now = [100.0]
-    guard = GapGuard(give_up=60, clock=lambda: now[0])
+def test_a_kept_partition_keeps_its_hole_through_a_rebalance() -> None:
+    guard = GapGuard()
     guard.check(TP, 10)
-    guard.assigned([TP])
-    assert guard.check(TP, 12) == Verdict(11, seek=True)
-    now[0] += 59
-    assert guard.check(TP, 13) == Verdict(11, seek=False)  # still waiting for 11
-    now[0] += 2
-    assert guard.check(TP, 14) is None  # 11 is gone (retention): go on from here
-    assert "offset 11 did not come back" in caplog.text
-    assert guard.check(TP, 15) is None and guard.last[TP] == 15
+    assert guard.check(TP, 13) == 11
+    guard.assigned([TP])  # Faust seeks kept partitions to the committed offset (11)
+    assert all(guard.check(TP, o) is None for o in (11, 12, 13, 14))
+    assert not guard.holes
