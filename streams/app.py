@@ -239,8 +239,11 @@ class Pipeline:
         return check
 
     async def rewind(self, tp: Any, offset: int) -> None:
-        """Consume a partition again from `offset` (the agents' duplicates are harmless)."""
-        await self.app.consumer.seek(tp, offset)
+        """Consume a partition again from `offset` (the agents' duplicates are harmless).
+
+        Through seek_wait: it runs on the consumer's own thread and event loop, which
+        aiokafka's seek, touching futures of that loop, needs."""
+        await self.app.consumer.seek_wait({tp: offset})
 
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
