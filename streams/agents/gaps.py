@@ -41,11 +41,12 @@ class GapGuard:
         self.clock = clock
         self.last: dict[Hashable, int] = {}
         self.holes: dict[Hashable, _Hole] = {}
+        self.held: set[Hashable] | None = None  # None: no assignment seen, track every one
 
     def assigned(self, partitions: Iterable[Hashable]) -> None:
         """A rebalance ended: keep what is known of kept partitions, forget the others
         (their next owner starts at the committed offset, before any missing one)."""
-        kept = set(partitions)
+        kept = self.held = set(partitions)
         for tp in list(self.last):
             if tp not in kept:
                 del self.last[tp]
@@ -53,6 +54,8 @@ class GapGuard:
 
     def check(self, tp: Hashable, offset: int) -> int | None:
         """Note an event's offset; returns the offset to rewind the partition to, if any."""
+        if self.held is not None and tp not in self.held:
+            return None  # the end of a batch taken before the partition moved away
         now = self.clock()
         last = self.last.get(tp)
         hole = self.holes.get(tp)

@@ -72,3 +72,13 @@ def test_a_kept_partition_keeps_its_hole_through_a_rebalance() -> None:
     guard.assigned([TP])  # Faust seeks kept partitions to the committed offset (11)
     assert all(guard.check(TP, o) is None for o in (11, 12, 13, 14))
     assert not guard.holes
+
+
+def test_events_of_a_partition_no_longer_held_leave_no_trace() -> None:
+    guard = GapGuard()
+    guard.assigned([TP])
+    guard.check(TP, 10)
+    guard.assigned([])  # revoked; the batch in hand still holds an event of it
+    assert guard.check(TP, 11) is None and TP not in guard.last
+    guard.assigned([TP])  # back much later, further on: not a gap
+    assert guard.check(TP, 900) is None
