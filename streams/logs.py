@@ -1,7 +1,7 @@
 """Log hygiene for the Kafka client's own messages.
 
 While a broker is unreachable aiokafka logs the same connection and metadata errors
-thousands of times a second (seen: 39,000 lines in an 8 s outage of one worker). Each
+thousands of times a second (seen: about 80,000 lines in an 8 s outage of one worker). Each
 message template of its loggers gets through at most once per interval; the next one that
 does says how many were held back, so the log stays readable and the count stays true.
 """
