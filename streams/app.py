@@ -90,7 +90,6 @@ class Pipeline:
         self.metrics = WorkerMetrics(self.registry)
         self.clock = clock
         self._partitions: dict[tuple[str, str], int] = {}
-        self._assignment_hooks: list[Callable[..., Awaitable[None]]] = []
         self.thresholds = settings.thresholds()
         self.inventory: dict[str, Meter] = {}
         if settings.inventory_file is not None:
@@ -224,7 +223,6 @@ class Pipeline:
             guard.assigned(tp for tp in assigned if tp.topic == topic)
 
         self.app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
-        self._assignment_hooks.append(on_assigned)  # the signal may hold it weakly
         gaps = self.metrics.offset_gaps.labels(topic)
 
         async def check(event: Any) -> None:

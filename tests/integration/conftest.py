@@ -16,18 +16,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from streams.bridge import Bridge
+from streams.codec import first_device_key
 from streams.config import Credential, Settings
 from streams.embedded_kafka import EmbeddedKafka, KafkaStartError, free_port
+from streams.topics import ensure_topics, topic_specs
 
 USER, PASSWORD = "smartme", "webhook-secret"
 
@@ -167,6 +169,27 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
     yield start
     for process in started:
         process.kill()
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+                     logs: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{logs()}"
+        await asyncio.sleep(0.5)
+
+
+async def produce_raw(settings: Settings, bodies: list[bytes]) -> None:
+    """Webhook bodies straight into the raw topic, keyed as the bridge keys them."""
+    await ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = [await producer.send(settings.topic_raw, body, key=first_device_key(body))
+                for body in bodies]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
 async def read_records(

@@ -26,13 +26,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from streams import simulate
-from streams.codec import first_device_key
 from streams.config import Settings
 from streams.embedded_kafka import EmbeddedKafka, free_port
-from streams.topics import ensure_topics, topic_specs
 from streams.windows import US
 from tests.integration.conftest import (
     AUTH,
@@ -40,9 +37,11 @@ from tests.integration.conftest import (
     bridge_url,
     header,
     metric_value,
+    produce_raw,
     read_records,
     unique_settings,
     wait_http_ok,
+    wait_until,
 )
 from tests.integration.test_aggregation import (
     SIZES,
@@ -84,14 +83,6 @@ def uploads(arrival: list[simulate.TraceReading]) -> list[bytes]:
     return bodies
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-                     logs: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{logs()}"
-        await asyncio.sleep(0.5)
-
-
 async def assigned_raw_partitions(url: str, topic: str) -> set[int]:
     """The raw-topic partitions a worker consumes (from its consumer-lag gauge)."""
     prefix = "meterstream_consumer_lag_records{"
@@ -113,15 +104,7 @@ async def start_single_worker(kafka: EmbeddedKafka, state_dir: Path, bodies: lis
     """One worker over the same bodies, on topics of its own (the bodies go straight into
     its raw topic, keyed like the bridge keys them); returns once it consumes."""
     settings = run_settings(kafka, state_dir)
-    await ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        sent = [await producer.send(settings.topic_raw, body, key=first_device_key(body))
-                for body in bodies]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    await produce_raw(settings, bodies)
     worker = start_process("worker", settings)
     await wait_for_group(settings, [worker], [metrics_url(settings)])
     return settings, worker

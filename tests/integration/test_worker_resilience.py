@@ -9,15 +9,18 @@ import time
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from streams import simulate
-from streams.codec import first_device_key
 from streams.config import Settings
 from streams.embedded_kafka import EmbeddedKafka
-from streams.topics import ensure_topics, topic_specs
 from streams.windows import US
-from tests.integration.conftest import Process, metric_value, read_records
+from tests.integration.conftest import (
+    Process,
+    metric_value,
+    produce_raw,
+    read_records,
+    wait_until,
+)
 
 DEVICES = 400
 READINGS_PER_DEVICE = 100
@@ -26,31 +29,15 @@ PER_BODY = 10
 
 async def _backlog(settings: Settings) -> list[simulate.TraceReading]:
     """Raw bodies in smartme.raw, as the bridge would have put them there."""
-    await ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     start = int(time.time() // 60 * 60 - 86400) * US
     readings = simulate.Fleet(DEVICES, seed=11).trace(start, READINGS_PER_DEVICE * 60, 60)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                linger_ms=10)
-    await producer.start()
-    try:
-        by_device = sorted(readings, key=lambda r: (r.device_id, r.ts_us))
-        for payload in simulate.bodies(by_device, PER_BODY):
-            await producer.send(settings.topic_raw, payload, key=first_device_key(payload))
-        await producer.flush()
-    finally:
-        await producer.stop()
+    by_device = sorted(readings, key=lambda r: (r.device_id, r.ts_us))
+    await produce_raw(settings, list(simulate.bodies(by_device, PER_BODY)))
     return readings
 
 
-async def _wait_metric(url: str, name: str, at_least: float, timeout: float,
-                       log_tail: Callable[[], str]) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await metric_value(url, name) or 0.0
-        if value >= at_least:
-            return value
-        assert time.monotonic() < deadline, f"{name} stuck at {value}\n{log_tail()}"
-        await asyncio.sleep(0.1)
+async def _metric_reaches(url: str, name: str, at_least: float) -> bool:
+    return (await metric_value(url, name) or 0.0) >= at_least
 
 
 async def test_broker_outage_mid_decode_loses_no_reading(
@@ -61,7 +48,8 @@ async def test_broker_outage_mid_decode_loses_no_reading(
     worker = start_process("worker", settings)
     metrics = f"http://127.0.0.1:{settings.worker_port}/metrics"
     decoded = "meterstream_readings_decoded_total"
-    await _wait_metric(metrics, decoded, 1, 120, worker.log_tail)
+    await wait_until(lambda: _metric_reaches(metrics, decoded, 1), 120, "decoding to begin",
+                     worker.log_tail)
 
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, kafka.stop)
@@ -70,7 +58,8 @@ async def test_broker_outage_mid_decode_loses_no_reading(
     await loop.run_in_executor(None, kafka.start)
 
     assert at_stop < len(readings), "the backlog was decoded before the outage began"
-    await _wait_metric(metrics, decoded, len(readings), 240, worker.log_tail)
+    await wait_until(lambda: _metric_reaches(metrics, decoded, len(readings)), 240,
+                     "the whole backlog decoded", worker.log_tail)
     resent = await metric_value(metrics, "meterstream_records_resent_total") or 0.0
     assert resent > 0, f"no record failed during the outage\n{worker.log_tail()}"
     assert worker.proc.poll() is None, f"the worker died\n{worker.log_tail()}"
