@@ -117,16 +117,19 @@ class Pipeline:
 
     # -- output ------------------------------------------------------------------------------
     async def produce(self, topic: str, value: bytes, *, key: bytes | None = None,
-                      device_id: str | None = None, timestamp: float | None = None,
+                      device_id: str | None = None, partition: int | None = None,
+                      timestamp: float | None = None,
                       headers: dict[str, bytes] | None = None) -> Awaitable[Any]:
         """Hand one record to the producer; the result resolves when Kafka acknowledged it.
 
         Goes straight to Faust's producer instead of ``Topic.send``: at one or more records
         per reading, Topic.send's per-message machinery was the largest single cost of a
         worker. Records about a device go to the device's partition (the partition its
-        readings are keyed to), computed once per device instead of hashing every key.
+        readings are keyed to), computed once per device instead of hashing every key,
+        unless `partition` is given.
         """
-        partition = self._partition(topic, device_id) if device_id is not None else None
+        if partition is None and device_id is not None:
+            partition = self._partition(topic, device_id)
         return await self.app.producer.send(
             topic, key, value, partition, timestamp,
             list(headers.items()) if headers else None)
@@ -187,7 +190,8 @@ class Pipeline:
         return self.thresholds.for_device(device_id, meter.device_class if meter else None)
 
     def partition_of(self, device_id: str) -> int | None:
-        return self._partition(self.settings.topic_readings, device_id)
+        """The partition of the device's readings, and of its aggregation state."""
+        return self._partition(self.settings.topic_reading_batches, device_id)
 
     def observe_head(self, device_id: str, head: dict[str, Any]) -> None:
         """Refresh a device's metrics from its state head (after a batch or a sweep)."""
@@ -247,14 +251,15 @@ class Pipeline:
                           **_: Any) -> None:
         revoked = args[0] if args else set()
         self.device_metrics.drop_partitions(
-            {tp.partition for tp in revoked if tp.topic == self.settings.topic_readings})
+            {tp.partition for tp in revoked
+             if tp.topic == self.settings.topic_reading_batches})
 
     def _owned_gateways(self) -> list[dict[str, Any]]:
         """Gateways whose id falls in a readings partition this worker owns, so exactly
         one worker exports each (every worker holds the whole inventory)."""
         try:
             owned = {tp.partition for tp in self.app.consumer.assignment()
-                     if tp.topic == self.settings.topic_readings}
+                     if tp.topic == self.settings.topic_reading_batches}
         except ConsumerNotStarted:
             return []
         return [g for g in self.enrichment.gateways()
@@ -262,7 +267,7 @@ class Pipeline:
 
     def _consumer_lag(self) -> list[tuple[str, int, int]]:
         consumer = self.app.consumer
-        sources = {self.settings.topic_raw, self.settings.topic_readings}
+        sources = {self.settings.topic_raw, self.settings.topic_reading_batches}
         lags: list[tuple[str, int, int]] = []
         try:
             assignment = sorted(consumer.assignment())
@@ -304,9 +309,9 @@ class Pipeline:
         log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,
                     message.partition, message.offset, len(body), reason)
 
-    async def reject_reading(self, event: Any, reason: str) -> None:
-        """A meter.readings record the aggregation cannot use."""
-        await self.dead_letter(event, event.value or b"", reason)
+    async def reject_reading(self, event: Any, body: bytes, reason: str) -> None:
+        """A reading (or a record of readings) the aggregation cannot use."""
+        await self.dead_letter(event, body, reason)
 
     def _register_pages(self) -> None:
         async def healthz(web: Any, _request: Any) -> Any:

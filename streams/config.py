@@ -78,6 +78,11 @@ class Settings:
     topic_smartme_devices: str = _setting(
         "smartme.devices", "smart-me device inventory (compacted, key device id)."
     )
+    topic_reading_batches: str = _setting(
+        "meterstream.reading-batches", "Internal: the decoded readings again, grouped by "
+        "meter.readings partition (one record per partition per decode batch); the "
+        "aggregation agent consumes these, not meter.readings, for throughput."
+    )
     topic_ticks: str = _setting(
         "meterstream.ticks", "Internal: wall-clock ticks, one per partition, that drive the "
         "sweeps of quiet devices (short retention)."
@@ -178,7 +183,9 @@ class Settings:
     aggregate_interim: bool = _setting(
         False, "Also emit non-final window updates (final=false) on every reading."
     )
-    aggregate_batch: int = _setting(2000, "Readings the aggregation agent takes per batch.")
+    aggregate_batch: int = _setting(
+        50, "Records (each a list of readings) the aggregation agent takes per batch."
+    )
     sweep_interval: float = _setting(
         10.0, "Seconds between wall-clock sweeps that finalize windows of quiet devices."
     )

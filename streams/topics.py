@@ -32,6 +32,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic_raw, parts, repl, body),
         TopicSpec(settings.topic_readings, parts, repl),
+        TopicSpec(settings.topic_reading_batches, parts, repl, body),
         TopicSpec(settings.topic_aggregates, parts, repl, compact),
         TopicSpec(settings.topic_alerts, parts, repl),
         TopicSpec(settings.topic_deadletter, parts, repl, body),

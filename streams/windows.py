@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import itertools
+import operator
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -147,35 +147,54 @@ def window_content(device_id: str, size_s: int, start: int, samples: list[list[A
 
 def _energy(index: int, start: int, end: int, samples: list[list[Any]],
             before: list[Any] | None, after: list[Any] | None) -> tuple[float | None, int]:
-    points = [s for s in samples if s[index] is not None]
-    if before is not None:
-        points.insert(0, before)
-    if after is not None:
-        points.append(after)
     energy: float | None = None
     resets = 0
-    for a, b in itertools.pairwise(points):
-        overlap = min(b[TS], end) - max(a[TS], start)
-        increase = b[index] - a[index]
-        if increase < 0:
-            if start <= b[TS] < end:
-                resets += 1
-            increase = 0.0
-        if overlap > 0:
-            energy = (energy or 0.0) + increase * overlap / (b[TS] - a[TS])
+    previous = before
+    # One pass over the samples carrying the register, `after` last: this runs for every
+    # register of every emitted window, the hottest loop of a worker.
+    for sample in (*samples, after) if after is not None else samples:
+        if sample[index] is None:
+            continue
+        if previous is not None:
+            b_ts = sample[TS]
+            a_ts = previous[TS]
+            overlap = (b_ts if b_ts < end else end) - (a_ts if a_ts > start else start)
+            increase = sample[index] - previous[index]
+            if increase < 0:
+                if start <= b_ts < end:
+                    resets += 1
+                increase = 0.0
+            if overlap > 0:
+                energy = (energy or 0.0) + increase * overlap / (b_ts - a_ts)
+        previous = sample
     return energy, resets
 
 
+_NO_POWER: dict[str, float | None] = {"mean": None, "min": None, "max": None, "last": None}
+
+
 def _power(index: int, end: int, samples: list[list[Any]]) -> dict[str, float | None]:
-    points = [(s[TS], s[index]) for s in samples if s[index] is not None]
-    if not points:
-        return {"mean": None, "min": None, "max": None, "last": None}
     weighted = 0.0
-    for (t, value), (t_next, _) in zip(points, [*points[1:], (end, 0.0)], strict=True):
-        weighted += value * (t_next - t)
-    span = end - points[0][0]
-    values = [v for _, v in points]
-    return {"mean": weighted / span, "min": min(values), "max": max(values), "last": values[-1]}
+    first_ts = last_ts = 0
+    low = high = last = None
+    for sample in samples:
+        value = sample[index]
+        if value is None:
+            continue
+        ts = sample[TS]
+        if last is None:
+            first_ts, low, high = ts, value, value
+        else:
+            weighted += last * (ts - last_ts)
+            if value < low:
+                low = value
+            elif value > high:
+                high = value
+        last, last_ts = value, ts
+    if last is None:
+        return dict(_NO_POWER)
+    weighted += last * (end - last_ts)
+    return {"mean": weighted / (end - first_ts), "min": low, "max": high, "last": last}
 
 
 def digest(content: dict[str, Any]) -> str:
@@ -297,8 +316,7 @@ class Device:
         self._head_dirty = True
 
 
-def _ts(sample: list[Any]) -> int:
-    return int(sample[TS])
+_ts = operator.itemgetter(TS)  # a sample's timestamp, as a C-level key for bisect
 
 
 class Aggregator:

@@ -1,4 +1,8 @@
-"""Aggregation agent: ``meter.readings`` (+ wall-clock ticks) → ``meter.aggregates``.
+"""Aggregation agent: readings (+ wall-clock ticks) → ``meter.aggregates``.
+
+The readings come from the internal reading-batches topic: the ``meter.readings`` records,
+as JSON arrays, one per readings partition per decode batch (see
+:mod:`streams.agents.decode`). A record holding a single reading object is accepted too.
 
 Faust glue around :mod:`streams.windows`. Per batch of events the agent groups readings
 by device, applies them (one state read and one write per device per batch), sweeps the
@@ -147,8 +151,24 @@ class Batch:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     devices: dict[str, Device] = field(default_factory=dict)
     touched: list[tuple[Device, Any]] = field(default_factory=list)
-    late_records: dict[int, dict[str, Any]] = field(default_factory=dict)
-    rejected: list[tuple[Any, str]] = field(default_factory=list)
+    late: list[tuple[dict[str, Any], Sample, str]] = field(default_factory=list)
+    rejected: list[tuple[Any, bytes, str]] = field(default_factory=list)
+
+
+def group_readings(event: Any, by_device: dict[str, list[tuple[Any, dict[str, Any]]]]
+                   ) -> Iterator[tuple[bytes, str]]:
+    """Add the readings of a record (one reading or a JSON array of them) to `by_device`;
+    yield (bytes, reason) for what is not a reading."""
+    try:
+        value = orjson.loads(event.value)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        yield event.value or b"", f"not a meter.readings record nor a list of them: {exc}"
+        return
+    for record in value if isinstance(value, list) else [value]:
+        try:
+            by_device.setdefault(record["device_id"], []).append((event, record))
+        except (KeyError, TypeError) as exc:
+            yield orjson.dumps(record), f"not a meter.readings record: {exc!r}"
 
 
 def aggregate_key(record: dict[str, Any]) -> bytes:
@@ -169,7 +189,7 @@ def register(pipeline: Pipeline) -> Any:
     aggregator = Aggregator(settings.window_config(), store)
     pipeline.aggregator = aggregator
     pipeline.heads_table = heads_table
-    source = app.topic(settings.topic_readings, settings.topic_ticks, key_type=bytes,
+    source = app.topic(settings.topic_reading_batches, settings.topic_ticks, key_type=bytes,
                        value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     @functools.cache
@@ -194,15 +214,12 @@ def register(pipeline: Pipeline) -> Any:
             pipeline.device_metrics.window(
                 record["device_id"], record["size"], int(_window_start_s(record) * US),
                 record["energy_import_wh"], record["energy_export_wh"])
-        for sample, reason in outcome.late:
-            original = batch.late_records.get(sample.ts, {})
-            value = {**original, "late_reason": reason}
-            device = str(original.get("device_id", ""))
+        for original, sample, reason in batch.late:
+            device = str(original["device_id"])
             await outbox.send(
-                settings.topic_late, orjson.dumps(value), key=device.encode(),
-                device_id=device, timestamp=sample.ts / US)
-            log.info("late reading %s at %s: %s", original.get("device_id"),
-                     original.get("timestamp"), reason)
+                settings.topic_late, orjson.dumps({**original, "late_reason": reason}),
+                key=device.encode(), device_id=device, timestamp=sample.ts / US)
+            log.info("late reading %s at %s: %s", device, original.get("timestamp"), reason)
         for alert in batch.alerts:
             enriched = pipeline.enrich_alert(alert)
             await outbox.send(
@@ -211,7 +228,7 @@ def register(pipeline: Pipeline) -> Any:
             metrics.alerts.labels(alert["state"]).inc()
             log.warning("alert for meter %s: %s %s", alert["device_id"], alert["state"].upper(),
                         {k: v for k, v in alert.items() if k not in ("device_id", "state")})
-        metrics.late.inc(len(outcome.late))
+        metrics.late.inc(len(batch.late))
         metrics.duplicates.inc(outcome.duplicates)
         metrics.revisions.inc(outcome.revisions)
         # Records first, state second: see the module docstring.
@@ -225,19 +242,23 @@ def register(pipeline: Pipeline) -> Any:
         head = device.head
         head["partition"] = event.message.partition
         samples = []
-        for _, record in items:
+        records: dict[int, dict[str, Any]] = {}
+        for item_event, record in items:
             try:
                 samples.append(Sample.from_reading(record))
             except (KeyError, TypeError, ValueError) as exc:
-                batch.rejected.append((items[0][0], f"unusable reading: {exc}"))
+                batch.rejected.append((item_event, orjson.dumps(record),
+                                       f"unusable reading: {exc}"))
                 continue
-            batch.late_records[samples[-1].ts] = record
+            records[samples[-1].ts] = record
             received = _received_us(record)
             if received is not None:
                 metrics.processing_lag.observe(max(0, batch.now - received) / US)
                 head["received"] = max(head.get("received") or 0, received)
         with as_current(event):
-            batch.outcome.merge(aggregator.apply(device, samples, batch.now))
+            outcome = aggregator.apply(device, samples, batch.now)
+        batch.late += [(records[sample.ts], sample, reason) for sample, reason in outcome.late]
+        batch.outcome.merge(outcome)
         meter = pipeline.meter(device_id)
         back = offline.seen(device_id, head, batch.now, meter,
                             pipeline.threshold(device_id, meter))
@@ -305,7 +326,7 @@ def register(pipeline: Pipeline) -> Any:
         pipeline.device_metrics.keep_partitions(partition, present)
         metrics.sweep_duration.observe(time.perf_counter() - began)
 
-    check_offsets = pipeline.offset_check(settings.topic_readings)
+    check_offsets = pipeline.offset_check(settings.topic_reading_batches)
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
@@ -316,18 +337,15 @@ def register(pipeline: Pipeline) -> Any:
                 if event.message.topic == settings.topic_ticks or event.key == TICK_KEY:
                     ticks.append(event)
                     continue
-                try:
-                    record = orjson.loads(event.value)
-                    by_device.setdefault(record["device_id"], []).append((event, record))
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    await pipeline.reject_reading(event, f"not a meter.readings record: {exc}")
+                for body, reason in group_readings(event, by_device):
+                    await pipeline.reject_reading(event, body, reason)
             batch = Batch(now=now_us())
             for device_id, items in by_device.items():
                 apply_readings(batch, device_id, items)
             for tick in ticks:
                 sweep_partition(batch, tick)
-            for event, reason in batch.rejected:
-                await pipeline.reject_reading(event, reason)
+            for event, body, reason in batch.rejected:
+                await pipeline.reject_reading(event, body, reason)
             await send_outcome(batch)
             for record in batch.outcome.emitted:
                 device = batch.devices.get(record["device_id"])

@@ -22,6 +22,7 @@ class Sent:
     value: Any
     timestamp: float | None = None
     headers: Any = None
+    partition: int | None = None
 
 
 def _delivered() -> asyncio.Future[None]:
@@ -78,9 +79,13 @@ async def make_pipeline(tmp_path: Path, clock: Clock, **overrides: Any
     outbox = Outbox()
 
     async def produce(topic: str, value: bytes, *, key: bytes | None = None,
-                      device_id: str | None = None, timestamp: float | None = None,
-                      headers: Any = None) -> asyncio.Future[None]:
-        outbox.records.setdefault(topic, []).append(Sent(key, value, timestamp, headers))
+                      device_id: str | None = None, partition: int | None = None,
+                      timestamp: float | None = None, headers: Any = None
+                      ) -> asyncio.Future[None]:
+        if partition is None and device_id is not None:
+            partition = pipeline.partition_of(device_id)
+        outbox.records.setdefault(topic, []).append(
+            Sent(key, value, timestamp, headers, partition))
         return _delivered()
 
     pipeline.produce = produce  # type: ignore[method-assign]

@@ -114,6 +114,41 @@ async def test_a_broken_reading_record_is_dead_lettered(
     assert app.device_snapshot(DEVICE) is not None
 
 
+async def test_a_record_of_readings_is_aggregated_and_its_bad_items_dead_lettered(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = pipeline
+    other = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    batch = [reading(0, 100.0), reading(0, 500.0, device=other), b'{"no":"device"}',
+             reading(1, 130.0), reading(1, 560.0, device=other)]
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=None, value=b"[" + b",".join(batch) + b"]")
+        await wait_until(lambda: counter(app.metrics.aggregated) == 4)
+    (letter,) = outbox.of(app.settings.topic_deadletter)
+    assert letter.value == b'{"no":"device"}'
+    assert b"not a meter.readings record" in letter.headers["error"]
+    for device in (DEVICE, other):
+        assert app.device_snapshot(device)["latest_reading"]["imp"] in (130.0, 560.0)
+
+
+async def test_too_late_readings_of_two_meters_at_the_same_time_keep_their_meter(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    app, outbox = pipeline
+    other = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    async with app.aggregate_agent.test_context() as agent:
+        for device in (DEVICE, other):
+            await agent.put(key=None, value=reading(7 * 60, 200.0, device=device))
+        # Meters report on the minute: late readings of several meters share timestamps.
+        late = [reading(10, 110.0, device=device) for device in (DEVICE, other)]
+        await agent.put(key=None, value=b"[" + b",".join(late) + b"]")
+        await wait_until(lambda: counter(app.metrics.aggregated) == 4)
+    records = [orjson.loads(sent.value) for sent in outbox.of(app.settings.topic_late)]
+    assert sorted(r["device_id"] for r in records) == sorted([DEVICE, other])
+    assert {sent.key for sent in outbox.of(app.settings.topic_late)} == {
+        DEVICE.encode(), other.encode()}
+
+
 async def test_device_snapshot_shows_latest_reading_and_open_windows(
     pipeline: tuple[Pipeline, Outbox]
 ) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import orjson
 
+from streams.agents.decode import batch_values
 from streams.app import Pipeline
 from streams.protos_gen import smartme_realtime_pb2 as pb
 from tests.agents.conftest import Outbox, counter, wait_until
@@ -24,6 +25,36 @@ async def test_body_becomes_one_reading_record_per_device_data(
     assert record["source"] == "cloud" and record["request_id"] == "abc123"
     assert app.metrics.readings._value.get() == 1
     assert outbox.of(app.settings.topic_deadletter) == []
+
+
+async def test_readings_also_go_to_the_aggregation_in_one_record_per_partition(
+    pipeline: tuple[Pipeline, Outbox], seed_body: bytes
+) -> None:
+    app, outbox = pipeline
+    moment = pb.DateTime(value=1_700_000_000, scale=3)  # seconds
+    items = [pb.DeviceData(DeviceId=pb.Guid(lo=n, hi=n), DateTime=moment) for n in range(1, 41)]
+    body = pb.DeviceDataArray(DeviceDataItems=items).SerializeToString()
+    async with app.decode_agent.test_context() as agent:
+        await agent.put(value=body, headers=ORIGIN)
+        await agent.put(value=seed_body, headers=ORIGIN)
+        await wait_until(lambda: counter(app.metrics.bodies) == 2)
+    readings = outbox.of(app.settings.topic_readings)
+    batches = outbox.of(app.settings.topic_reading_batches)
+    assert len(readings) == 41
+    # Each reading once, in a record on the partition its meter.readings record went to.
+    assert len({sent.partition for sent in batches}) == len(batches) > 1
+    batched = {orjson.dumps(record): sent.partition
+               for sent in batches for record in orjson.loads(sent.value)}
+    assert batched == {sent.value: sent.partition for sent in readings}
+
+
+def test_reading_batches_are_split_below_the_size_limit() -> None:
+    records = [b'{"n":%d}' % n for n in range(100)]
+    values = list(batch_values(records, limit=64))
+    assert all(len(value) <= 64 for value in values) and len(values) > 1
+    assert [r for value in values for r in orjson.loads(value)] == [
+        orjson.loads(r) for r in records]
+    assert list(batch_values([b'"%s"' % (b"x" * 100)], limit=64)) == [b'["%s"]' % (b"x" * 100)]
 
 
 async def test_bad_body_is_dead_lettered_and_the_stream_goes_on(

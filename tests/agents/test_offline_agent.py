@@ -107,7 +107,7 @@ async def test_a_revoked_partition_stops_exporting_its_devices(
     assert f'meterstream_device_power_watts{{device_id="{DEVICE}"}}' in scrape(app)
     from faust.types import TP
 
-    await app._on_revoked(app.app, {TP(app.settings.topic_readings, 2)})
+    await app._on_revoked(app.app, {TP(app.settings.topic_reading_batches, 2)})
     assert not any(DEVICE in name for name in scrape(app))
 
 
