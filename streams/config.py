@@ -184,7 +184,7 @@ class Settings:
         False, "Also emit non-final window updates (final=false) on every reading."
     )
     aggregate_batch: int = _setting(
-        50, "Records (each a list of readings) the aggregation agent takes per batch."
+        100, "Records (each a list of readings) the aggregation agent takes per batch."
     )
     sweep_interval: float = _setting(
         10.0, "Seconds between wall-clock sweeps that finalize windows of quiet devices."

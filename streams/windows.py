@@ -115,31 +115,37 @@ class Outcome:
 
 # -- pure window computation ------------------------------------------------------------------
 def window_content(device_id: str, size_s: int, start: int, samples: list[list[Any]],
-                   before: dict[int, list[Any] | None], after: dict[int, list[Any] | None]
-                   ) -> dict[str, Any]:
-    """A window's aggregate from its samples (sorted) and, per register field, the last
-    sample carrying it before the window and the first one at/after its end."""
+                   before: tuple[list[Any] | None, list[Any] | None],
+                   after: tuple[list[Any] | None, list[Any] | None]) -> dict[str, Any]:
+    """A window's aggregate from its samples (sorted) and, for the import and the export
+    register, the last sample carrying it before the window and the first one at/after
+    its end."""
     end = start + size_s * US
+    energy_import, import_resets = _energy(IMP, start, end, samples, before[0], after[0])
+    energy_export, export_resets = _energy(EXP, start, end, samples, before[1], after[1])
+    mean, low, high, last = _power(POW, end, samples) or _NO_POWER
     content: dict[str, Any] = {
         "device_id": device_id,
         "size": size_s,
         "window_start": format_timestamp(start),
         "window_end": format_timestamp(end),
+        "energy_import_wh": energy_import,
+        "energy_export_wh": energy_export,
+        "power_mean_w": mean,
+        "power_min_w": low,
+        "power_max_w": high,
+        "power_last_w": last,
     }
-    resets = 0
-    for name, index in _REGISTERS:
-        energy, register_resets = _energy(index, start, end, samples, before[index], after[index])
-        content[f"energy_{name}_wh"] = energy
-        resets += register_resets
-    power = _power(POW, end, samples)
-    content.update({f"power_{k}_w": v for k, v in power.items()})
-    phases = {name: stats for name, index in _PHASES if (stats := _power(index, end, samples))
-              ["mean"] is not None}
+    phases = {}
+    for name, index in _PHASES:
+        stats = _power(index, end, samples)
+        if stats is not None:
+            phases[name] = {"mean_w": stats[0], "min_w": stats[1], "max_w": stats[2],
+                            "last_w": stats[3]}
     if phases:
-        content["phases"] = {name: {f"{k}_w": v for k, v in stats.items()}
-                             for name, stats in phases.items()}
+        content["phases"] = phases
     content["samples"] = len(samples)
-    content["resets"] = resets
+    content["resets"] = import_resets + export_resets
     content["first_reading"] = format_timestamp(samples[0][TS]) if samples else None
     content["last_reading"] = format_timestamp(samples[-1][TS]) if samples else None
     return content
@@ -170,13 +176,17 @@ def _energy(index: int, start: int, end: int, samples: list[list[Any]],
     return energy, resets
 
 
-_NO_POWER: dict[str, float | None] = {"mean": None, "min": None, "max": None, "last": None}
+_NO_POWER = (None, None, None, None)
 
 
-def _power(index: int, end: int, samples: list[list[Any]]) -> dict[str, float | None]:
+def _power(index: int, end: int, samples: list[list[Any]]
+           ) -> tuple[float, float, float, float] | None:
+    """Time-weighted mean, min, max and last of a field (None: no sample carries it)."""
     weighted = 0.0
     first_ts = last_ts = 0
-    low = high = last = None
+    low: Any = None
+    high: Any = None
+    last: Any = None
     for sample in samples:
         value = sample[index]
         if value is None:
@@ -192,9 +202,9 @@ def _power(index: int, end: int, samples: list[list[Any]]) -> dict[str, float | 
                 high = value
         last, last_ts = value, ts
     if last is None:
-        return dict(_NO_POWER)
+        return None
     weighted += last * (end - last_ts)
-    return {"mean": weighted / (end - first_ts), "min": low, "max": high, "last": last}
+    return weighted / (end - first_ts), low, high, last
 
 
 def digest(content: dict[str, Any]) -> str:
@@ -453,8 +463,8 @@ class Aggregator:
     def content(self, device: Device, size_us: int, start: int) -> dict[str, Any]:
         end = start + size_us
         samples = device.samples_between(start, end)
-        before = {index: device.before(start, index) for index in (IMP, EXP)}
-        after = {index: device.after(end, index) for index in (IMP, EXP)}
+        before = (device.before(start, IMP), device.before(start, EXP))
+        after = (device.after(end, IMP), device.after(end, EXP))
         return window_content(device.id, size_us // US, start, samples, before, after)
 
     # -- wall clock --------------------------------------------------------------------------

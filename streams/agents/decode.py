@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 _BATCH_WINDOW = 0.05  # seconds the decoder waits to fill a batch
 # Largest reading-batches value before it is split: well below the topic's limit.
-BATCH_RECORD_BYTES = 512 * 1024
+BATCH_RECORD_BYTES = 64 * 1024
 
 
 def header_map(headers: Any) -> dict[str, bytes]:
