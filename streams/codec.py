@@ -148,9 +148,10 @@ class Decoder:
                 if not device_value.HasField("Obis"):
                     raise DecodeError("DeviceValue without Obis")
                 info = self._obis(code)
-            if not device_value.HasField("Value"):
-                raise DecodeError("DeviceValue without Value")
             raw = device_value.Value
+            # An absent Value reads as 0.0: only then is asking HasField worth its cost.
+            if not raw and not device_value.HasField("Value"):
+                raise DecodeError("DeviceValue without Value")
             if raw - raw != 0.0:  # NaN or ±inf
                 raise DecodeError(f"{info.text}: value {raw} is not a finite number")
             append(Value(info.text, raw, info.quantity, info.unit, raw * info.scale))

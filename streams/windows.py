@@ -37,6 +37,7 @@ Semantics (documented in the README, "Window aggregates"):
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import operator
 from collections.abc import Iterable, Iterator, MutableMapping
@@ -53,6 +54,7 @@ US = 1_000_000
 # Field positions in a stored sample (a JSON list, compact on the changelog).
 TS, IMP, EXP, POW, L1, L2, L3 = range(7)
 _REGISTERS = (("import", IMP), ("export", EXP))
+_BOTH = (IMP, EXP)
 _PHASES = (("l1", L1), ("l2", L2), ("l3", L3))
 _CODES = {f"{ENERGY_IMPORT}*255": IMP, f"{ENERGY_EXPORT}*255": EXP,
           f"{POWER_IMPORT}*255": POW, **{f"{c}*255": i for c, i in zip(
@@ -114,6 +116,10 @@ class Outcome:
 
 
 # -- pure window computation ------------------------------------------------------------------
+# Every meter's windows share the same few boundaries: format each once.
+_boundary = functools.lru_cache(maxsize=16384)(format_timestamp)
+
+
 def window_content(device_id: str, size_s: int, start: int, samples: list[list[Any]],
                    before: tuple[list[Any] | None, list[Any] | None],
                    after: tuple[list[Any] | None, list[Any] | None]) -> dict[str, Any]:
@@ -127,8 +133,8 @@ def window_content(device_id: str, size_s: int, start: int, samples: list[list[A
     content: dict[str, Any] = {
         "device_id": device_id,
         "size": size_s,
-        "window_start": format_timestamp(start),
-        "window_end": format_timestamp(end),
+        "window_start": _boundary(start),
+        "window_end": _boundary(end),
         "energy_import_wh": energy_import,
         "energy_export_wh": energy_export,
         "power_mean_w": mean,
@@ -284,6 +290,31 @@ class Device:
                     return samples[i]  # type: ignore[no-any-return]
         if index is None or not use_anchor or index not in (IMP, EXP):
             return None
+        return self._anchor(index)
+
+    def before_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
+        """:meth:`before` for several register fields in one backward scan."""
+        found: list[list[Any] | None] = [None] * len(indexes)
+        missing = len(indexes)
+        starts = self.head["chunks"]
+        for position in range(bisect.bisect_left(starts, ts) - 1, -1, -1):
+            chunk = self.chunk(starts[position])
+            assert chunk is not None
+            samples = chunk["samples"]
+            for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
+                sample = samples[i]
+                for n, index in enumerate(indexes):
+                    if found[n] is None and sample[index] is not None:
+                        found[n] = sample
+                        missing -= 1
+                if not missing:
+                    return found
+        for n, index in enumerate(indexes):
+            if found[n] is None:
+                found[n] = self._anchor(index)
+        return found
+
+    def _anchor(self, index: int) -> list[Any] | None:
         anchor = self.head["anchors"]["import" if index == IMP else "export"]
         if anchor is None:
             return None
@@ -291,17 +322,24 @@ class Device:
         sample[index] = anchor[1]
         return sample
 
-    def after(self, ts: int, index: int) -> list[Any] | None:
-        """The first sample at or after ts carrying field `index`."""
+    def after_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
+        """For each field in `indexes`, the first sample at or after ts carrying it."""
+        found: list[list[Any] | None] = [None] * len(indexes)
+        missing = len(indexes)
         starts = self.head["chunks"]
         for position in range(max(0, bisect.bisect_right(starts, ts) - 1), len(starts)):
             chunk = self.chunk(starts[position])
             assert chunk is not None
             samples = chunk["samples"]
             for i in range(bisect.bisect_left(samples, ts, key=_ts), len(samples)):
-                if samples[i][index] is not None:
-                    return samples[i]  # type: ignore[no-any-return]
-        return None
+                sample = samples[i]
+                for n, index in enumerate(indexes):
+                    if found[n] is None and sample[index] is not None:
+                        found[n] = sample
+                        missing -= 1
+                if not missing:
+                    return found
+        return found
 
     def flush(self) -> None:
         for start in self._dirty - self._deleted:
@@ -388,15 +426,14 @@ class Aggregator:
     def _touched_windows(self, device: Device, sample: Sample) -> set[tuple[int, int]]:
         """Windows whose content can change when `sample` joins the timeline."""
         lo = hi = sample.ts
-        for index in (IMP, EXP):
-            if sample[index] is None:
-                continue
-            previous = device.before(sample.ts, index)
-            following = device.after(sample.ts + 1, index)
-            if previous is not None:
-                lo = min(lo, previous[TS])
-            if following is not None:
-                hi = max(hi, following[TS])
+        registers = tuple(index for index in (IMP, EXP) if sample[index] is not None)
+        if registers:
+            for previous in device.before_each(sample.ts, registers):
+                if previous is not None:
+                    lo = min(lo, previous[TS])
+            for following in device.after_each(sample.ts + 1, registers):
+                if following is not None:
+                    hi = max(hi, following[TS])
         windows = set()
         for size_us in self.sizes_us:
             for start in range(align(lo, size_us), hi + 1, size_us):
@@ -463,9 +500,10 @@ class Aggregator:
     def content(self, device: Device, size_us: int, start: int) -> dict[str, Any]:
         end = start + size_us
         samples = device.samples_between(start, end)
-        before = (device.before(start, IMP), device.before(start, EXP))
-        after = (device.after(end, IMP), device.after(end, EXP))
-        return window_content(device.id, size_us // US, start, samples, before, after)
+        before = device.before_each(start, _BOTH)
+        after = device.after_each(end, _BOTH)
+        return window_content(device.id, size_us // US, start, samples,
+                              (before[0], before[1]), (after[0], after[1]))
 
     # -- wall clock --------------------------------------------------------------------------
     def due(self, head: dict[str, Any], now_us: int) -> bool:
