@@ -4,6 +4,7 @@ Faust worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -15,8 +16,14 @@ from streams.logs import throttle_client_logs
 from streams.metrics import conform_faust_metrics
 from streams.topics import ensure_topics, topic_specs
 
+# A busy worker allocates millions of short-lived dicts (readings, window records, state);
+# with the default thresholds the cyclic collector took about a fifth of its time
+# (bench: 6,700 → 8,100 readings/s with these, 8,500 with the collector off).
+_GC_THRESHOLDS = (50_000, 20, 100)
+
 
 def run(settings: Settings) -> int:
+    gc.set_threshold(*_GC_THRESHOLDS)
     # Faust binds to the current event loop; create it here so topic setup runs on it too.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -34,6 +41,7 @@ def run(settings: Settings) -> int:
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(settings.log_level.upper())
     throttle_client_logs()
+    gc.freeze()  # what setup built lives as long as the process: keep it out of collections
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level, loop=loop)
     worker.execute_from_commandline()
     return 0
