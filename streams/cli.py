@@ -122,6 +122,19 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
                                  follow=args.follow, idle_seconds=args.timeout))
 
 
+def cmd_requeue_readings(settings: Settings, _args: argparse.Namespace) -> int:
+    from streams import requeue
+
+    _require_bootstrap(settings)
+    try:
+        result = asyncio.run(requeue.requeue_readings(settings))
+    except requeue.RequeueError as exc:
+        raise UsageError(str(exc)) from None
+    for line in result.lines:
+        print(line)
+    return 0
+
+
 def cmd_settings(_settings: Settings, _args: argparse.Namespace) -> int:
     from streams.config import documented_settings
 
@@ -198,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--timeout", type=float, default=10.0,
                       help="seconds to wait for records when not following (default 10)")
     tail.set_defaults(func=cmd_tail)
+    sub.add_parser("requeue-readings", help="upgrading: copy the readings older workers "
+                   "had not aggregated into the aggregation's input").set_defaults(
+        func=cmd_requeue_readings)
     sub.add_parser("settings", help="print every setting as a Markdown table").set_defaults(
         func=cmd_settings)
     simulate = sub.add_parser("simulate", help="POST synthetic smart-me traffic to a bridge")
