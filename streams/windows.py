@@ -276,43 +276,45 @@ class Device:
             found.extend(samples[left:right])
         return found
 
-    def before(self, ts: int, index: int | None, use_anchor: bool = True
-               ) -> list[Any] | None:
-        """The last sample before ts carrying field `index` (any sample for None); for a
-        register, its anchor once the samples that far back were pruned."""
+    def _backward(self, ts: int) -> Iterator[list[Any]]:
+        """The samples before ts, newest first."""
         starts = self.head["chunks"]
         for position in range(bisect.bisect_left(starts, ts) - 1, -1, -1):
             chunk = self.chunk(starts[position])
             assert chunk is not None
             samples = chunk["samples"]
             for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
-                if index is None or samples[i][index] is not None:
-                    return samples[i]  # type: ignore[no-any-return]
+                yield samples[i]
+
+    def _forward(self, ts: int) -> Iterator[list[Any]]:
+        """The samples at or after ts, oldest first."""
+        starts = self.head["chunks"]
+        for position in range(max(0, bisect.bisect_right(starts, ts) - 1), len(starts)):
+            chunk = self.chunk(starts[position])
+            assert chunk is not None
+            samples = chunk["samples"]
+            yield from samples[bisect.bisect_left(samples, ts, key=_ts):]
+
+    def before(self, ts: int, index: int | None, use_anchor: bool = True
+               ) -> list[Any] | None:
+        """The last sample before ts carrying field `index` (any sample for None); for a
+        register, its anchor once the samples that far back were pruned."""
+        for sample in self._backward(ts):
+            if index is None or sample[index] is not None:
+                return sample
         if index is None or not use_anchor or index not in (IMP, EXP):
             return None
         return self._anchor(index)
 
     def before_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
         """:meth:`before` for several register fields in one backward scan."""
-        found: list[list[Any] | None] = [None] * len(indexes)
-        missing = len(indexes)
-        starts = self.head["chunks"]
-        for position in range(bisect.bisect_left(starts, ts) - 1, -1, -1):
-            chunk = self.chunk(starts[position])
-            assert chunk is not None
-            samples = chunk["samples"]
-            for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
-                sample = samples[i]
-                for n, index in enumerate(indexes):
-                    if found[n] is None and sample[index] is not None:
-                        found[n] = sample
-                        missing -= 1
-                if not missing:
-                    return found
-        for n, index in enumerate(indexes):
-            if found[n] is None:
-                found[n] = self._anchor(index)
-        return found
+        found = _first_carrying(self._backward(ts), indexes)
+        return [self._anchor(index) if sample is None else sample
+                for sample, index in zip(found, indexes, strict=True)]
+
+    def after_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
+        """For each field in `indexes`, the first sample at or after ts carrying it."""
+        return _first_carrying(self._forward(ts), indexes)
 
     def _anchor(self, index: int) -> list[Any] | None:
         anchor = self.head["anchors"]["import" if index == IMP else "export"]
@@ -321,25 +323,6 @@ class Device:
         sample: list[Any] = [anchor[0], None, None, None, None, None, None]
         sample[index] = anchor[1]
         return sample
-
-    def after_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
-        """For each field in `indexes`, the first sample at or after ts carrying it."""
-        found: list[list[Any] | None] = [None] * len(indexes)
-        missing = len(indexes)
-        starts = self.head["chunks"]
-        for position in range(max(0, bisect.bisect_right(starts, ts) - 1), len(starts)):
-            chunk = self.chunk(starts[position])
-            assert chunk is not None
-            samples = chunk["samples"]
-            for i in range(bisect.bisect_left(samples, ts, key=_ts), len(samples)):
-                sample = samples[i]
-                for n, index in enumerate(indexes):
-                    if found[n] is None and sample[index] is not None:
-                        found[n] = sample
-                        missing -= 1
-                if not missing:
-                    return found
-        return found
 
     def flush(self) -> None:
         for start in self._dirty - self._deleted:
@@ -362,6 +345,21 @@ class Device:
         self._chunks.pop(start, None)
         self._deleted.add(start)
         self._head_dirty = True
+
+
+def _first_carrying(samples: Iterable[list[Any]], indexes: tuple[int, ...]
+                    ) -> list[list[Any] | None]:
+    """For each field in `indexes`, the first of `samples` carrying it (None: none does)."""
+    found: list[list[Any] | None] = [None] * len(indexes)
+    missing = len(indexes)
+    for sample in samples:
+        for n, index in enumerate(indexes):
+            if found[n] is None and sample[index] is not None:
+                found[n] = sample
+                missing -= 1
+        if not missing:
+            break
+    return found
 
 
 _ts = operator.itemgetter(TS)  # a sample's timestamp, as a C-level key for bisect
