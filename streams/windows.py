@@ -152,8 +152,13 @@ def window_content(device_id: str, size_s: int, start: int, samples: list[list[A
         content["phases"] = phases
     content["samples"] = len(samples)
     content["resets"] = import_resets + export_resets
-    content["first_reading"] = format_timestamp(samples[0][TS]) if samples else None
-    content["last_reading"] = format_timestamp(samples[-1][TS]) if samples else None
+    if samples:
+        first = format_timestamp(samples[0][TS])
+        content["first_reading"] = first
+        content["last_reading"] = first if len(samples) == 1 else format_timestamp(
+            samples[-1][TS])
+    else:
+        content["first_reading"] = content["last_reading"] = None
     return content
 
 
@@ -261,60 +266,85 @@ class Device:
     def touch(self, start: int) -> None:
         self._dirty.add(start)
 
+    def _samples(self, start: int) -> list[list[Any]]:
+        chunk = self._chunks.get(start)
+        if chunk is None:
+            chunk = self.chunk(start)
+            assert chunk is not None
+        samples: list[list[Any]] = chunk["samples"]
+        return samples
+
     def samples_between(self, lo: int, hi: int) -> list[list[Any]]:
         """Samples with lo <= ts < hi, in order."""
         starts = self.head["chunks"]
         found: list[list[Any]] = []
-        for start in starts[max(0, bisect.bisect_right(starts, lo) - 1):]:
+        for position in range(max(0, bisect.bisect_right(starts, lo) - 1), len(starts)):
+            start = starts[position]
             if start >= hi:
                 break
-            chunk = self.chunk(start)
-            assert chunk is not None
-            samples = chunk["samples"]
-            left = bisect.bisect_left(samples, lo, key=_ts)
-            right = bisect.bisect_left(samples, hi, key=_ts)
-            found.extend(samples[left:right])
+            samples = self._samples(start)
+            found += samples[bisect.bisect_left(samples, lo, key=_ts):
+                             bisect.bisect_left(samples, hi, key=_ts)]
         return found
 
-    def _backward(self, ts: int) -> Iterator[list[Any]]:
-        """The samples before ts, newest first."""
+    def before(self, ts: int, index: int | None) -> list[Any] | None:
+        """The last sample before ts carrying field `index` (any sample for None), among
+        the samples still kept (no anchors)."""
         starts = self.head["chunks"]
         for position in range(bisect.bisect_left(starts, ts) - 1, -1, -1):
-            chunk = self.chunk(starts[position])
-            assert chunk is not None
-            samples = chunk["samples"]
+            samples = self._samples(starts[position])
             for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
-                yield samples[i]
+                if index is None or samples[i][index] is not None:
+                    return samples[i]
+        return None
 
-    def _forward(self, ts: int) -> Iterator[list[Any]]:
-        """The samples at or after ts, oldest first."""
+    # The two scans below run several times per reading (the windows a reading touches,
+    # then every emitted window's neighbours): plain loops, stopping as soon as both
+    # registers are found, instead of generators.
+    def registers_before(self, ts: int, imp: bool = True, exp: bool = True
+                         ) -> tuple[list[Any] | None, list[Any] | None]:
+        """For the import and the export register (where asked for), the last sample
+        before ts carrying it, or the register's anchor once the samples that far back
+        were pruned."""
+        found_imp = found_exp = None
         starts = self.head["chunks"]
-        for position in range(max(0, bisect.bisect_right(starts, ts) - 1), len(starts)):
-            chunk = self.chunk(starts[position])
-            assert chunk is not None
-            samples = chunk["samples"]
-            yield from samples[bisect.bisect_left(samples, ts, key=_ts):]
+        position = bisect.bisect_left(starts, ts) - 1
+        while (imp or exp) and position >= 0:
+            samples = self._samples(starts[position])
+            for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
+                sample = samples[i]
+                if imp and sample[IMP] is not None:
+                    found_imp, imp = sample, False
+                if exp and sample[EXP] is not None:
+                    found_exp, exp = sample, False
+                if not (imp or exp):
+                    break
+            position -= 1
+        if imp:
+            found_imp = self._anchor(IMP)
+        if exp:
+            found_exp = self._anchor(EXP)
+        return found_imp, found_exp
 
-    def before(self, ts: int, index: int | None, use_anchor: bool = True
-               ) -> list[Any] | None:
-        """The last sample before ts carrying field `index` (any sample for None); for a
-        register, its anchor once the samples that far back were pruned."""
-        for sample in self._backward(ts):
-            if index is None or sample[index] is not None:
-                return sample
-        if index is None or not use_anchor or index not in (IMP, EXP):
-            return None
-        return self._anchor(index)
-
-    def before_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
-        """:meth:`before` for several register fields in one backward scan."""
-        found = _first_carrying(self._backward(ts), indexes)
-        return [self._anchor(index) if sample is None else sample
-                for sample, index in zip(found, indexes, strict=True)]
-
-    def after_each(self, ts: int, indexes: tuple[int, ...]) -> list[list[Any] | None]:
-        """For each field in `indexes`, the first sample at or after ts carrying it."""
-        return _first_carrying(self._forward(ts), indexes)
+    def registers_after(self, ts: int, imp: bool = True, exp: bool = True
+                        ) -> tuple[list[Any] | None, list[Any] | None]:
+        """For the import and the export register (where asked for), the first sample at
+        or after ts carrying it."""
+        found_imp = found_exp = None
+        starts = self.head["chunks"]
+        position = max(0, bisect.bisect_right(starts, ts) - 1)
+        while (imp or exp) and position < len(starts):
+            samples = self._samples(starts[position])
+            for i in range(bisect.bisect_left(samples, ts, key=_ts), len(samples)):
+                sample = samples[i]
+                if imp and sample[IMP] is not None:
+                    found_imp, imp = sample, False
+                if exp and sample[EXP] is not None:
+                    found_exp, exp = sample, False
+                if not (imp or exp):
+                    break
+            position += 1
+        return found_imp, found_exp
 
     def _anchor(self, index: int) -> list[Any] | None:
         anchor = self.head["anchors"]["import" if index == IMP else "export"]
@@ -347,21 +377,6 @@ class Device:
         self._head_dirty = True
 
 
-def _first_carrying(samples: Iterable[list[Any]], indexes: tuple[int, ...]
-                    ) -> list[list[Any] | None]:
-    """For each field in `indexes`, the first of `samples` carrying it (None: none does)."""
-    found: list[list[Any] | None] = [None] * len(indexes)
-    missing = len(indexes)
-    for sample in samples:
-        for n, index in enumerate(indexes):
-            if found[n] is None and sample[index] is not None:
-                found[n] = sample
-                missing -= 1
-        if not missing:
-            break
-    return found
-
-
 _ts = operator.itemgetter(TS)  # a sample's timestamp, as a C-level key for bisect
 
 
@@ -372,6 +387,9 @@ class Aggregator:
         self.config = config
         self.store = store
         self.sizes_us = [s * US for s in config.sizes]
+        # Windows are settled in (size, start) order whatever order the sizes were given in.
+        self._settle_sizes = sorted(set(self.sizes_us))
+        self._labels = {size_us: str(size_us // US) for size_us in self._settle_sizes}
         self.grace_us = config.grace * US
         self.lateness_us = config.allowed_lateness * US
 
@@ -383,74 +401,76 @@ class Aggregator:
         outcome = Outcome()
         head = device.head
         for sample in samples:
+            ts = sample.ts
             event_time = head["event_time"]
-            if event_time is not None and sample.ts < event_time - self.lateness_us:
+            if event_time is not None and ts < event_time - self.lateness_us:
                 outcome.late.append((sample, (
                     f"older than the device's event time {format_timestamp(event_time)} minus "
                     f"the allowed lateness ({self.config.allowed_lateness} s)")))
                 continue
-            inserted = self._insert(device, sample, outcome)
-            if not inserted:
+            if not self._insert(device, sample, outcome):
                 continue
-            if event_time is None or sample.ts > event_time:
-                head["event_time"] = sample.ts
-            if head["latest"] is None or sample.ts >= head["latest"][TS]:
+            if event_time is None or ts > event_time:
+                head["event_time"] = event_time = ts
+            latest = head["latest"]
+            if latest is None or ts >= latest[TS]:
                 head["latest"] = list(sample)
             # Settled after every reading, not once per batch: what is emitted (a window's
             # revision 0, each revision) then depends only on the device's readings in
             # arrival order, never on how a consumer happened to batch them, so a replay
             # after a crash re-emits exactly what was emitted before.
-            self._settle(device, self._touched_windows(device, sample), head["event_time"],
-                         outcome)
+            self._settle(device, self._touched_windows(device, sample), event_time, outcome)
         head["arrival"] = arrival_us
         device.mark_head()
         self._prune(device)
         return outcome
 
     def _insert(self, device: Device, sample: Sample, outcome: Outcome) -> bool:
-        chunk = device.chunk(align(sample.ts, device.chunk_us), create=True)
+        ts = sample.ts
+        chunk_start = ts - ts % device.chunk_us
+        chunk = device.chunk(chunk_start, create=True)
         assert chunk is not None
         samples = chunk["samples"]
-        position = bisect.bisect_left(samples, sample.ts, key=_ts)
-        if position < len(samples) and samples[position][TS] == sample.ts:
+        position = bisect.bisect_left(samples, ts, key=_ts)
+        if position < len(samples) and samples[position][TS] == ts:
             outcome.duplicates += 1
             if list(samples[position]) != list(sample):
                 outcome.conflicting_duplicates += 1
             return False
         samples.insert(position, list(sample))
-        device.touch(align(sample.ts, device.chunk_us))
+        device.touch(chunk_start)
         return True
 
-    def _touched_windows(self, device: Device, sample: Sample) -> set[tuple[int, int]]:
-        """Windows whose content can change when `sample` joins the timeline."""
-        lo = hi = sample.ts
-        registers = tuple(index for index in (IMP, EXP) if sample[index] is not None)
-        if registers:
-            for previous in device.before_each(sample.ts, registers):
-                if previous is not None:
-                    lo = min(lo, previous[TS])
-            for following in device.after_each(sample.ts + 1, registers):
-                if following is not None:
-                    hi = max(hi, following[TS])
-        windows = set()
-        for size_us in self.sizes_us:
-            for start in range(align(lo, size_us), hi + 1, size_us):
-                windows.add((size_us, start))
-        return windows
+    def _touched_windows(self, device: Device, sample: Sample) -> list[tuple[int, int]]:
+        """Windows whose content can change when `sample` joins the timeline, in (size,
+        start) order."""
+        ts = sample.ts
+        lo = hi = ts
+        imp, exp = sample[IMP] is not None, sample[EXP] is not None
+        if imp or exp:
+            for previous in device.registers_before(ts, imp, exp):
+                if previous is not None and previous[TS] < lo:
+                    lo = previous[TS]
+            for following in device.registers_after(ts + 1, imp, exp):
+                if following is not None and following[TS] > hi:
+                    hi = following[TS]
+        return [(size_us, start) for size_us in self._settle_sizes
+                for start in range(lo - lo % size_us, hi + 1, size_us)]
 
-    def _settle(self, device: Device, dirty: set[tuple[int, int]], event_time: int | None,
+    def _settle(self, device: Device, windows: list[tuple[int, int]], event_time: int | None,
                 outcome: Outcome) -> None:
         """Revise changed final windows, finalize what is due, keep the rest pending."""
         pending = device.head["pending"]
-        for size_us, start in sorted(dirty):
-            meta = self._meta(device, size_us, start)
-            if meta is not None:
+        for size_us, start in windows:
+            if self._meta(device, size_us, start) is not None:
                 self._emit(device, size_us, start, outcome, revise=True)
             elif event_time is not None and start + size_us + self.grace_us <= event_time:
                 self._emit(device, size_us, start, outcome)
             else:
-                starts = pending.setdefault(str(size_us // US), [])
-                if start not in starts:
+                starts = pending.get(self._labels[size_us])
+                if starts is None:
+                    pending[self._labels[size_us]] = [start]
+                elif start not in starts:
                     bisect.insort(starts, start)
                 if self.config.emit_interim:
                     outcome.emitted.append(self._record(device, size_us, start, 0, final=False))
@@ -458,24 +478,28 @@ class Aggregator:
             self._finalize_due(device, event_time, outcome)
 
     def _finalize_due(self, device: Device, watermark: int, outcome: Outcome) -> None:
-        for size_s, starts in list(device.head["pending"].items()):
+        pending = device.head["pending"]
+        emptied = []
+        for size_s, starts in pending.items():
             size_us = int(size_s) * US
             while starts and starts[0] + size_us + self.grace_us <= watermark:
                 self._emit(device, size_us, starts.pop(0), outcome)
             if not starts:
-                del device.head["pending"][size_s]
+                emptied.append(size_s)
+        for size_s in emptied:
+            del pending[size_s]
         device.mark_head()
 
     # -- emission ----------------------------------------------------------------------------
     def _meta(self, device: Device, size_us: int, start: int) -> list[Any] | None:
-        chunk = device.chunk(align(start, device.chunk_us))
+        chunk = device.chunk(start - start % device.chunk_us)
         return None if chunk is None else chunk["windows"].get(f"{size_us // US}:{start}")
 
     def _emit(self, device: Device, size_us: int, start: int, outcome: Outcome,
               revise: bool = False) -> None:
         content = self.content(device, size_us, start)
         fingerprint = digest(content)
-        chunk_start = align(start, device.chunk_us)
+        chunk_start = start - start % device.chunk_us
         chunk = device.chunk(chunk_start, create=True)
         assert chunk is not None
         key = f"{size_us // US}:{start}"
@@ -489,7 +513,9 @@ class Aggregator:
             outcome.revisions += 1
         else:
             outcome.finals += 1
-        outcome.emitted.append({**content, "revision": revision, "final": True})
+        content["revision"] = revision
+        content["final"] = True
+        outcome.emitted.append(content)
 
     def _record(self, device: Device, size_us: int, start: int, revision: int, final: bool
                 ) -> dict[str, Any]:
@@ -497,11 +523,8 @@ class Aggregator:
 
     def content(self, device: Device, size_us: int, start: int) -> dict[str, Any]:
         end = start + size_us
-        samples = device.samples_between(start, end)
-        before = device.before_each(start, _BOTH)
-        after = device.after_each(end, _BOTH)
-        return window_content(device.id, size_us // US, start, samples,
-                              (before[0], before[1]), (after[0], after[1]))
+        return window_content(device.id, size_us // US, start, device.samples_between(start, end),
+                              device.registers_before(start), device.registers_after(end))
 
     # -- wall clock --------------------------------------------------------------------------
     def due(self, head: dict[str, Any], now_us: int) -> bool:
@@ -532,7 +555,7 @@ class Aggregator:
         oldest_needed = cutoff
         for index in (None, IMP, EXP):
             # An anchor is kept on its own; only samples still in chunks hold chunks back.
-            previous = device.before(cutoff, index, use_anchor=False)
+            previous = device.before(cutoff, index)
             if previous is not None:
                 oldest_needed = min(oldest_needed, previous[TS])
         keep_from = min(align(oldest_needed, size_us) for size_us in self.sizes_us)
