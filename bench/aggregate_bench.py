@@ -105,8 +105,11 @@ async def _metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
     return 0.0
 
 
-async def worker_rate(settings: Settings, expected: int, log: Path) -> tuple[float, float]:
-    """Start a worker on the backlog; readings/s from its first to its last aggregation."""
+async def worker_rate(settings: Settings, expected: int, log: Path
+                      ) -> tuple[float, float, float]:
+    """Start a worker on the backlog; readings/s from its first to its last aggregation,
+    its RSS, and the CPU time it spent per reading meanwhile (µs; steadier than the rate
+    on a shared machine)."""
     process = subprocess.Popen([sys.executable, "-m", "streams", "worker"],
                                env={**os.environ, **settings.to_env()},
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -119,11 +122,13 @@ async def worker_rate(settings: Settings, expected: int, log: Path) -> tuple[flo
                 done = await _metric(session, url, "meterstream_readings_aggregated_total")
                 if done and first_at is None:
                     first_at, first_done = time.perf_counter(), done
+                    first_cpu = _cpu_seconds(process.pid)
                 if done >= expected:
                     assert first_at is not None
                     elapsed = time.perf_counter() - first_at
+                    cpu = _cpu_seconds(process.pid) - first_cpu
                     rss = _rss_mib(process.pid)
-                    return (done - first_done) / elapsed, rss
+                    return (done - first_done) / elapsed, rss, cpu / (done - first_done) * 1e6
                 if process.poll() is not None:
                     raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
                 await asyncio.sleep(METRICS_POLL)
@@ -131,6 +136,12 @@ async def worker_rate(settings: Settings, expected: int, log: Path) -> tuple[flo
     finally:
         process.terminate()
         process.wait(60)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid: int) -> float:
@@ -168,20 +179,23 @@ async def state_bytes(settings: Settings) -> float:
 
 def run() -> None:
     readings = _trace()
-    rates, ceilings, rss, per_device = [], [], [], []
+    rates, ceilings, rss, per_device, cpu = [], [], [], [], []
     with broker() as (bootstrap, _), tempfile.TemporaryDirectory() as tmp:
         for repeat in range(REPEATS):
             settings = _settings(bootstrap, Path(tmp) / f"state{repeat}")
             asyncio.run(produce_raw(settings, readings))
             ceilings.append(asyncio.run(ceiling(settings, len(readings))))
-            rate, mib = asyncio.run(worker_rate(settings, len(readings),
-                                                Path(tmp) / f"worker{repeat}.log"))
+            rate, mib, cpu_us = asyncio.run(worker_rate(settings, len(readings),
+                                                        Path(tmp) / f"worker{repeat}.log"))
             rates.append(rate)
-            print(f"  run {repeat + 1}: {rate:,.0f} readings/s", flush=True)
+            cpu.append(cpu_us)
+            print(f"  run {repeat + 1}: {rate:,.0f} readings/s, {cpu_us:.0f} µs CPU per reading",
+                  flush=True)
             rss.append(mib)
             per_device.append(asyncio.run(state_bytes(settings)))
     note = (f"{DEVICES} devices × {READINGS_PER_DEVICE} readings, {PER_BODY} per body; "
-            f"worker RSS {median(rss):.0f} MiB; state {median(per_device) / 1024:.1f} KiB/device")
+            f"worker CPU {median(cpu):.0f} µs/reading; RSS {median(rss):.0f} MiB; "
+            f"state {median(per_device) / 1024:.1f} KiB/device")
     report("Decode + aggregate, one worker process, RocksDB + changelogs, 3 window sizes", [
         Row("worker: raw → readings → windows", median(rates), "readings/s",
             "aiokafka consume + decode", median(ceilings), note),

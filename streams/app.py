@@ -18,7 +18,7 @@ from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
 from streams.agents.gaps import GapGuard
-from streams.agents.outbox import Outbox
+from streams.agents.outbox import Outbox, Record
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
 from streams.enrichment import Enrichment
@@ -140,7 +140,38 @@ class Pipeline:
 
     def outbox(self) -> Outbox:
         """Collects a batch's records; its confirm() returns once Kafka has them all."""
-        return Outbox(self.produce, self.metrics.resent)
+        return Outbox(self.send_records, self.partition_for, self.metrics.resent)
+
+    async def send_records(self, topic: str, partition: int, records: list[Record]
+                           ) -> list[tuple[list[Record], Awaitable[Any]]]:
+        """Hand records for one partition to the producer as record batches; per batch,
+        its records and the future that resolves when Kafka acknowledged it."""
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        sent: list[tuple[list[Record], Awaitable[Any]]] = []
+        batch, first = producer.create_batch(), 0
+        for index, record in enumerate(records):
+            if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms,
+                            headers=record.headers) is None:
+                # Full. A new batch always takes its first record, however large.
+                sent.append((records[first:index],
+                             await producer.send_batch(batch, topic, partition=partition)))
+                batch, first = producer.create_batch(), index
+                batch.append(key=record.key, value=record.value,
+                             timestamp=record.timestamp_ms, headers=record.headers)
+        sent.append((records[first:], await producer.send_batch(batch, topic,
+                                                                 partition=partition)))
+        return sent
+
+    def partition_for(self, topic: str, key: bytes | None, device_id: str | None) -> int:
+        """A record's partition: the device's (the partition its readings are keyed to)
+        for records about a device, else the producer's partitioner on the key."""
+        if device_id is not None:
+            partition = self._partition(topic, device_id)
+        else:
+            partition = self.app.producer.key_partition(
+                topic, key).partition  # type: ignore[arg-type]  # None: any partition
+        assert partition is not None
+        return int(partition)
 
     def _partition(self, topic: str, device_id: str) -> int | None:
         cached = self._partitions.get((topic, device_id))
@@ -306,8 +337,7 @@ class Pipeline:
             "origin-offset": str(message.offset).encode(),
         }
         outbox = self.outbox()
-        await outbox.send(self.settings.topic_deadletter, body, key=message.key,
-                          headers=headers)
+        outbox.add(self.settings.topic_deadletter, body, key=message.key, headers=headers)
         await outbox.confirm()
         self.metrics.deadletters.inc()
         log.warning("dead-lettered %s[%d]@%d (%d bytes): %s", message.topic,

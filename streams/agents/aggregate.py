@@ -204,7 +204,7 @@ def register(pipeline: Pipeline) -> Any:
         outbox = pipeline.outbox()
         for record in outcome.emitted:
             enriched = pipeline.enrich_aggregate(record)
-            await outbox.send(
+            outbox.add(
                 settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
                 device_id=record["device_id"], timestamp=_window_start_s(record))
             if not record["final"]:  # METERSTREAM_AGGREGATE_INTERIM
@@ -216,13 +216,13 @@ def register(pipeline: Pipeline) -> Any:
                 record["energy_import_wh"], record["energy_export_wh"])
         for original, sample, reason in batch.late:
             device = str(original["device_id"])
-            await outbox.send(
+            outbox.add(
                 settings.topic_late, orjson.dumps({**original, "late_reason": reason}),
                 key=device.encode(), device_id=device, timestamp=sample.ts / US)
             log.info("late reading %s at %s: %s", device, original.get("timestamp"), reason)
         for alert in batch.alerts:
             enriched = pipeline.enrich_alert(alert)
-            await outbox.send(
+            outbox.add(
                 settings.topic_alerts, orjson.dumps(enriched),
                 key=alert["device_id"].encode(), device_id=alert["device_id"])
             metrics.alerts.labels(alert["state"]).inc()

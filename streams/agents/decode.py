@@ -90,7 +90,7 @@ def register(pipeline: Pipeline) -> Any:
                     k: origin[k] for k in ("source", "request-id") if k in origin}
                 for reading in readings:
                     record = reading_record(reading, origin)
-                    await outbox.send(
+                    outbox.add(
                         settings.topic_readings, record,
                         key=reading.device_id.encode(), device_id=reading.device_id,
                         timestamp=reading.timestamp_us / 1_000_000, headers=passthrough,
@@ -101,8 +101,7 @@ def register(pipeline: Pipeline) -> Any:
                 metrics.readings.inc(len(readings))
             for partition, records in grouped.items():
                 for value in batch_values(records):
-                    await outbox.send(settings.topic_reading_batches, value,
-                                      partition=partition)
+                    outbox.add(settings.topic_reading_batches, value, partition=partition)
             await outbox.confirm()  # only then may Faust ack (and commit) the raw bodies
 
     return pipeline.app.agent(pipeline.raw_topic, name="decode")(decode)

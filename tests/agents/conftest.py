@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import murmur2
 
+from streams.agents.outbox import Record
 from streams.app import Pipeline
 from streams.config import Settings
 
@@ -89,6 +90,21 @@ async def make_pipeline(tmp_path: Path, clock: Clock, **overrides: Any
         return _delivered()
 
     pipeline.produce = produce  # type: ignore[method-assign]
+
+    async def send_records(topic: str, partition: int, records: list[Record]
+                           ) -> list[tuple[list[Record], asyncio.Future[None]]]:
+        outbox.records.setdefault(topic, []).extend(
+            Sent(r.key, r.value, r.timestamp_ms / 1000 if r.timestamp_ms else None,
+                 dict(r.headers), partition) for r in records)
+        return [(records, _delivered())]
+
+    def partition_for(topic: str, key: bytes | None, device_id: str | None) -> int:
+        if device_id is not None:
+            return pipeline.partition_of(device_id) or 0
+        return 0 if key is None else (murmur2(key) & 0x7FFFFFFF) % settings.topic_partitions
+
+    pipeline.send_records = send_records  # type: ignore[method-assign]
+    pipeline.partition_for = partition_for  # type: ignore[method-assign]
 
     async def no_producer() -> None:  # test_context runs without a Kafka producer
         pass

@@ -19,7 +19,7 @@ async def test_body_becomes_one_reading_record_per_device_data(
         await wait_until(lambda: counter(app.metrics.bodies) == 1)
     (sent,) = outbox.of(app.settings.topic_readings)
     assert sent.key == b"3bd0fce9-9f8e-4183-b3d1-0c1622a22ca1"
-    assert sent.timestamp == 1571228444.978851  # Kafka timestamp = reading time
+    assert sent.timestamp == 1571228444.978  # Kafka timestamp = reading time (ms)
     record = orjson.loads(sent.value)
     assert record["timestamp"] == "2019-10-16T12:20:44.978851Z"
     assert record["source"] == "cloud" and record["request_id"] == "abc123"

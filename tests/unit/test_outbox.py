@@ -4,78 +4,113 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.agents.outbox import Outbox
+from streams.agents.outbox import Outbox, Record
+
+Batches = list[tuple[list[Record], asyncio.Future[Any]]]
 
 
 class FlakyProducer:
-    """Accepts records like a producer; the first `failures` attempts of a value fail."""
+    """Takes records like the producer, in batches of `batch` records; a batch holding a
+    value listed in `failures` fails (that many times for that value)."""
 
-    def __init__(self, failures: dict[bytes, int], refuse: bool = False) -> None:
+    def __init__(self, failures: dict[bytes, int], refuse: bool = False, batch: int = 2
+                 ) -> None:
         self.failures = failures
         self.refuse = refuse  # fail at send time instead of at delivery
-        self.attempts: list[tuple[str, bytes, dict[str, Any]]] = []
+        self.batch = batch
+        self.attempts: list[tuple[str, int, Record]] = []
         self.delivered: list[bytes] = []
 
-    async def produce(self, topic: str, value: bytes, **options: Any) -> asyncio.Future[Any]:
-        self.attempts.append((topic, value, options))
-        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.failures.get(value, 0) > 0:
-            self.failures[value] -= 1
-            error = TimeoutError(f"no ack for {value!r}")
-            if self.refuse:
-                raise error
-            delivery.set_exception(error)
-        else:
-            self.delivered.append(value)
-            delivery.set_result(None)
-        return delivery
+    async def send_records(self, topic: str, partition: int, records: list[Record]
+                           ) -> Batches:
+        sent: Batches = []
+        for start in range(0, len(records), self.batch):
+            part = records[start:start + self.batch]
+            self.attempts += [(topic, partition, record) for record in part]
+            delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failing = [r.value for r in part if self.failures.get(r.value, 0) > 0]
+            if failing:
+                for value in failing:
+                    self.failures[value] -= 1
+                error = TimeoutError(f"no ack for {failing!r}")
+                if self.refuse:
+                    raise error
+                delivery.set_exception(error)
+            else:
+                self.delivered += [r.value for r in part]
+                delivery.set_result(None)
+            sent.append((part, delivery))
+        return sent
+
+
+def partition_for(topic: str, key: bytes | None, device_id: str | None) -> int:
+    return {"dev-a": 1, "dev-b": 2}.get(device_id or "", 0)
 
 
 def counter() -> Counter:
     return Counter("resent_total", "test", registry=CollectorRegistry())
 
 
-def test_confirm_sends_unacknowledged_records_again_until_kafka_has_them(
+def test_confirm_sends_unacknowledged_batches_again_until_kafka_has_them(
         caplog: pytest.LogCaptureFixture) -> None:
-    producer = FlakyProducer({b"b": 2})
+    producer = FlakyProducer({b"c": 2})
     resent = counter()
 
     async def batch() -> None:
-        outbox = Outbox(producer.produce, resent, first_delay=0.01)
+        outbox = Outbox(producer.send_records, partition_for, resent, first_delay=0.01)
         for value in (b"a", b"b", b"c"):
-            await outbox.send("meter.readings", value, key=b"k", timestamp=1.5)
+            outbox.add("meter.readings", value, key=b"k", device_id="dev-a", timestamp=1.5)
         assert len(outbox) == 3
+        assert producer.attempts == []  # nothing goes out before confirm()
         await outbox.confirm()
         assert len(outbox) == 0
 
     asyncio.run(batch())
-    assert sorted(producer.delivered) == [b"a", b"b", b"c"]
-    assert [v for _, v, _ in producer.attempts].count(b"b") == 3
-    # Sent again exactly as first sent: same topic, key and time stamp.
-    assert {(t, tuple(o.items())) for t, v, o in producer.attempts if v == b"b"} == {
-        ("meter.readings", (("key", b"k"), ("timestamp", 1.5)))}
+    assert producer.delivered == [b"a", b"b", b"c"]
+    # Only the failed batch (c alone) went again, exactly as first sent.
+    assert [r.value for _, _, r in producer.attempts] == [b"a", b"b", b"c", b"c", b"c"]
+    assert [(t, p, r) for t, p, r in producer.attempts if r.value == b"c"] == [
+        ("meter.readings", 1, Record(b"k", b"c", 1500, []))] * 3
     assert resent._value.get() == 2
     assert "did not acknowledge 1 record(s) to meter.readings" in caplog.text
 
 
-def test_a_record_the_producer_refuses_outright_is_sent_again_too() -> None:
+def test_a_batch_the_producer_refuses_outright_is_sent_again_too() -> None:
     producer = FlakyProducer({b"x": 1}, refuse=True)
     resent = counter()
 
     async def batch() -> None:
-        outbox = Outbox(producer.produce, resent, first_delay=0.01)
-        await outbox.send("meter.aggregates", b"x")
+        outbox = Outbox(producer.send_records, partition_for, resent, first_delay=0.01)
+        outbox.add("meter.aggregates", b"x")
         await outbox.confirm()
 
     asyncio.run(batch())
     assert producer.delivered == [b"x"] and resent._value.get() == 1
 
 
+def test_records_go_per_partition_in_the_order_they_were_added() -> None:
+    producer = FlakyProducer({}, batch=100)
+
+    async def batch() -> None:
+        outbox = Outbox(producer.send_records, partition_for, counter())
+        outbox.add("meter.readings", b"a1", device_id="dev-a")
+        outbox.add("meter.readings", b"b1", device_id="dev-b", headers={"source": b"x"})
+        outbox.add("meter.readings", b"a2", device_id="dev-a")
+        outbox.add("meter.reading-batches", b"p5", partition=5)
+        await outbox.confirm()
+
+    asyncio.run(batch())
+    assert [(t, p, r.value) for t, p, r in producer.attempts] == [
+        ("meter.readings", 1, b"a1"), ("meter.readings", 1, b"a2"),
+        ("meter.readings", 2, b"b1"), ("meter.reading-batches", 5, b"p5")]
+    assert producer.attempts[2][2].headers == [("source", b"x")]
+
+
 def test_nothing_to_confirm_returns_at_once() -> None:
     producer = FlakyProducer({})
 
     async def batch() -> None:
-        await Outbox(producer.produce, counter()).confirm()
+        await Outbox(producer.send_records, partition_for, counter()).confirm()
 
     asyncio.run(batch())
     assert producer.attempts == []
