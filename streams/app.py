@@ -319,11 +319,6 @@ class Pipeline:
             lags.append((tp.topic, tp.partition, max(0, int(end) - int(committed))))
         return lags
 
-    async def flush_changelogs(self) -> None:
-        from streams.agents.aggregate import flush_changelogs
-
-        await flush_changelogs(self.app)
-
     async def dead_letter(self, event: Any, body: bytes, reason: str,
                           origin: dict[str, bytes] | None = None) -> None:
         """Park a record the pipeline cannot use in the dead-letter topic, with the reason

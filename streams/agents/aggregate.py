@@ -26,15 +26,17 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from faust.streams import _current_event
+from faust.streams import _current_event, current_event
+from faust.types import TP
 
 from streams import offline, reconcile
+from streams.agents.outbox import Outbox
 from streams.windows import US, Aggregator, Device, Outcome, Sample
 
 if TYPE_CHECKING:
@@ -49,28 +51,61 @@ TICK_KEY = b"\x00meterstream-tick"
 
 
 class TableStore(MutableMapping[str, Any]):
-    """A Faust table (raw bytes) seen as a mapping of str → JSON value."""
+    """A Faust table (raw bytes) seen as a mapping of str → JSON value.
+
+    Reads and writes go to the table's local store (RocksDB) of the current event's
+    partition, as Faust's own table access does; the changelog records of the writes are
+    kept in :attr:`changes` for the agent to send with its batch (:func:`save_state`).
+    Faust's per-write path (a future per record through its producer buffer, sensors, and
+    a RocksDB write of the persisted offset per acknowledged record) was ~10% of a busy
+    worker in a profile.
+    """
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self.changes: list[tuple[int, bytes, bytes | None]] = []
 
     def __getitem__(self, key: str) -> Any:
-        raw = self.table.get(key.encode())
-        if raw is None:
-            raise KeyError(key)
-        return orjson.loads(raw)
+        return orjson.loads(self.table.data[key.encode()])
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.table[key.encode()] = orjson.dumps(value)
+        raw_key, raw = key.encode(), orjson.dumps(value)
+        self.table.data[raw_key] = raw
+        self.changes.append((_event_partition(), raw_key, raw))
 
     def __delitem__(self, key: str) -> None:
-        del self.table[key.encode()]
+        raw_key = key.encode()
+        del self.table.data[raw_key]
+        self.changes.append((_event_partition(), raw_key, None))  # a tombstone
 
     def __iter__(self) -> Iterator[str]:
         return (key.decode() for key in self.table)
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+def _event_partition() -> int:
+    """The table partition being written: the current event's, as Faust would pick."""
+    event = current_event()
+    if event is None:
+        raise RuntimeError("table state written outside of an event")
+    return int(event.message.partition)
+
+
+async def save_state(outbox: Outbox, stores: Iterable[TableStore]) -> None:
+    """Send the stores' changelog records, wait until Kafka has them all, then record
+    the changelogs' persisted offsets the way Faust does after each acknowledged write
+    (a restarted worker replays its changelogs from there)."""
+    tables = {}
+    for store in stores:
+        topic = store.table.changelog_topic.get_topic_name()
+        tables[topic] = store.table
+        changes, store.changes = store.changes, []
+        for partition, key, value in changes:
+            outbox.add(topic, value, key=key, partition=partition)
+    for (topic, partition), offset in (await outbox.confirm()).items():
+        tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
 
 
 class SplitStore(MutableMapping[str, Any]):
@@ -113,22 +148,6 @@ def as_current(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-async def flush_changelogs(app: Any) -> None:
-    """Wait until every table changelog record written so far is in Kafka.
-
-    Faust acks a batch's events after the agent's loop body returns, and its pre-commit
-    flush (``ProducerBuffer.flush_atmost``) gives up after 0.1 s without progress, so
-    under load a commit could overtake changelog records still in Faust's buffer and a
-    crash then would lose state for readings already committed. Draining here, before
-    the batch is acked, closes that hole (measured: a SIGKILL mid-run lost readings
-    without it).
-    """
-    producer = app.producer
-    while producer.buffer.size:
-        await producer.buffer.flush()
-    await producer.flush()
 
 
 def _received_us(record: dict[str, Any]) -> int | None:
@@ -185,7 +204,8 @@ def register(pipeline: Pipeline) -> Any:
     chunks_table = app.Table("aggregate-chunks", key_type=bytes, value_type=bytes,
                              partitions=settings.topic_partitions)
     heads = TableStore(heads_table)
-    store = SplitStore(heads, TableStore(chunks_table))
+    stores = (heads, TableStore(chunks_table))
+    store = SplitStore(*stores)
     aggregator = Aggregator(settings.window_config(), store)
     pipeline.aggregator = aggregator
     pipeline.heads_table = heads_table
@@ -355,7 +375,7 @@ def register(pipeline: Pipeline) -> Any:
                 with as_current(event):
                     device.flush()
             if batch.touched:
-                await pipeline.flush_changelogs()
+                await save_state(pipeline.outbox(), stores)
             metrics.aggregated.inc(sum(len(items) for items in by_device.values()))
             metrics.ticks.inc(len(ticks))
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class Record(NamedTuple):
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a deleted table key)
     timestamp_ms: int | None
     headers: list[tuple[str, bytes]]
 
@@ -55,7 +55,7 @@ class Outbox:
     def __len__(self) -> int:
         return sum(len(records) for records in self._pending.values())
 
-    def add(self, topic: str, value: bytes, *, key: bytes | None = None,
+    def add(self, topic: str, value: bytes | None, *, key: bytes | None = None,
             device_id: str | None = None, partition: int | None = None,
             timestamp: float | None = None, headers: dict[str, bytes] | None = None) -> None:
         """Queue a record; it goes to the producer at :meth:`confirm`. Records about a
@@ -70,9 +70,11 @@ class Outbox:
         else:
             records.append(record)
 
-    async def confirm(self) -> None:
-        """Send what was queued; return once Kafka acknowledged every record of it."""
+    async def confirm(self) -> dict[tuple[str, int], int]:
+        """Send what was queued; return once Kafka acknowledged every record of it, with
+        the offset of the last record per topic partition (where the producer tells)."""
         groups, self._pending = self._pending, {}
+        last: dict[tuple[str, int], int] = {}
         attempts: list[tuple[str, int, list[Record], Awaitable[Any]]] = []
         for (topic, partition), records in groups.items():
             attempts += await self._attempt(topic, partition, records)
@@ -81,11 +83,16 @@ class Outbox:
             failed: list[tuple[str, int, list[Record], BaseException]] = []
             for topic, partition, records, delivery in attempts:
                 try:
-                    await delivery
+                    metadata = await delivery
                 except Exception as exc:  # whatever the producer failed with: send again
                     failed.append((topic, partition, records, exc))
+                    continue
+                base = getattr(metadata, "offset", None)  # a batch's: its first record's
+                if isinstance(base, int):
+                    offset = base + len(records) - 1
+                    last[(topic, partition)] = max(offset, last.get((topic, partition), -1))
             if not failed:
-                return
+                return last
             count = sum(len(records) for _, _, records, _ in failed)
             topics = sorted({topic for topic, _, _, _ in failed})
             log.error("Kafka did not acknowledge %d record(s) to %s (%s: %s); sending them "
@@ -97,6 +104,7 @@ class Outbox:
             attempts = []
             for topic, partition, records, _ in failed:
                 attempts += await self._attempt(topic, partition, records)
+        return last
 
     async def _attempt(self, topic: str, partition: int, records: list[Record]
                        ) -> list[tuple[str, int, list[Record], Awaitable[Any]]]:

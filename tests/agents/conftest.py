@@ -105,11 +105,6 @@ async def make_pipeline(tmp_path: Path, clock: Clock, **overrides: Any
 
     pipeline.send_records = send_records  # type: ignore[method-assign]
     pipeline.partition_for = partition_for  # type: ignore[method-assign]
-
-    async def no_producer() -> None:  # test_context runs without a Kafka producer
-        pass
-
-    pipeline.flush_changelogs = no_producer  # type: ignore[method-assign]
     yield pipeline, outbox
 
 

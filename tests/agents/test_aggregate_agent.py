@@ -186,3 +186,32 @@ async def test_interim_updates_are_counted_apart_and_leave_the_final_window_gaug
         [w for w in emitted if w["size"] == 60])
     assert app.metrics.windows.labels("60", "final")._value.get() == 0
     assert app.device_metrics.windows == {}  # "energy of the last final window"
+
+
+async def test_state_goes_to_the_changelogs_on_the_readings_partition(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    """What a worker taking the partition over recovers from: the latest changelog value
+    of every key is the state the agent holds, tombstones for pruned chunks included."""
+    app, outbox = pipeline
+    async with app.aggregate_agent.test_context() as agent:
+        # 8 h of readings, an hour per batch: past the allowed lateness, so chunks that
+        # reached the store are pruned (deleted) later.
+        for hour in range(8):
+            for minute in range(hour * 60, hour * 60 + 60, 5):
+                await agent.put(key=DEVICE.encode(), value=reading(minute, 100.0 + minute),
+                                partition=3)
+            await wait_until(lambda h=hour: counter(app.metrics.aggregated) == (h + 1) * 12)
+    recovered: dict[bytes, Any] = {}
+    tombstones = 0
+    for name in ("aggregate-heads", "aggregate-chunks"):
+        table = app.app.tables[name]
+        for sent in outbox.of(table.changelog_topic.get_topic_name()):
+            assert sent.partition == 3
+            recovered[sent.key] = sent.value
+            tombstones += sent.value is None
+        held = {key: value for key, value in table.data.items()}
+        assert held and {k: v for k, v in recovered.items() if k in held} == held
+    assert tombstones > 0
+    assert not [key for key, value in recovered.items() if value is not None and not any(
+        key in app.app.tables[n].data for n in ("aggregate-heads", "aggregate-chunks"))]

@@ -114,3 +114,33 @@ def test_nothing_to_confirm_returns_at_once() -> None:
 
     asyncio.run(batch())
     assert producer.attempts == []
+
+
+class Acked:
+    """A delivery's result as aiokafka gives it for a record batch: its base offset."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def test_confirm_tells_the_offset_of_the_last_record_per_partition() -> None:
+    offsets = {1: 40, 2: 7}
+
+    async def send_records(topic: str, partition: int, records: list[Record]) -> Batches:
+        sent: Batches = []
+        for start in range(0, len(records), 2):
+            part = records[start:start + 2]
+            delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            delivery.set_result(Acked(offsets[partition]))
+            offsets[partition] += len(part)
+            sent.append((part, delivery))
+        return sent
+
+    async def batch() -> dict[tuple[str, int], int]:
+        outbox = Outbox(send_records, partition_for, counter())
+        for value in (b"1", b"2", b"3"):
+            outbox.add("changelog", value, device_id="dev-a")
+        outbox.add("changelog", None, key=b"gone", device_id="dev-b")  # a tombstone
+        return await outbox.confirm()
+
+    assert asyncio.run(batch()) == {("changelog", 1): 42, ("changelog", 2): 7}
