@@ -21,6 +21,7 @@ table writes made while handling it go to the right changelog partition.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -154,6 +155,12 @@ def _received_us(record: dict[str, Any]) -> int | None:
     text = record.get("received_at")
     if not text:
         return None
+    return _parse_received(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_received(text: str) -> int | None:
+    # Cached: every reading of a body carries the body's arrival time.
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -222,18 +229,22 @@ def register(pipeline: Pipeline) -> Any:
     async def send_outcome(batch: Batch) -> None:
         outcome = batch.outcome
         outbox = pipeline.outbox()
+        kinds: collections.Counter[tuple[int, str]] = collections.Counter()
         for record in outcome.emitted:
             enriched = pipeline.enrich_aggregate(record)
+            start_s = _window_start_s(record)
             outbox.add(
                 settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
-                device_id=record["device_id"], timestamp=_window_start_s(record))
+                device_id=record["device_id"], timestamp=start_s)
             if not record["final"]:  # METERSTREAM_AGGREGATE_INTERIM
-                window_counter(record["size"], "interim").inc()
+                kinds[(record["size"], "interim")] += 1
                 continue
-            window_counter(record["size"], "revision" if record["revision"] else "final").inc()
+            kinds[(record["size"], "revision" if record["revision"] else "final")] += 1
             pipeline.device_metrics.window(
-                record["device_id"], record["size"], int(_window_start_s(record) * US),
+                record["device_id"], record["size"], int(start_s * US),
                 record["energy_import_wh"], record["energy_export_wh"])
+        for (size, kind), count in kinds.items():
+            window_counter(size, kind).inc(count)
         for original, sample, reason in batch.late:
             device = str(original["device_id"])
             outbox.add(

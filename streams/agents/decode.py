@@ -42,11 +42,18 @@ def header_map(headers: Any) -> dict[str, bytes]:
 
 def reading_record(reading: Reading, origin: Mapping[str, bytes]) -> bytes:
     """The ``meter.readings`` value: the reading plus where and when it came in."""
-    record = reading.to_dict()
-    record["source"] = origin.get("source", b"").decode(errors="replace") or None
-    record["received_at"] = origin.get("received-at", b"").decode(errors="replace") or None
-    record["request_id"] = origin.get("request-id", b"").decode(errors="replace") or None
-    return orjson.dumps(record)
+    return _record(reading, origin_fields(origin))
+
+
+def _record(reading: Reading, fields: dict[str, str | None]) -> bytes:
+    return orjson.dumps({**reading.to_dict(), **fields})
+
+
+def origin_fields(headers: Mapping[str, bytes]) -> dict[str, str | None]:
+    """Where and when a body came in, as its readings' records carry it."""
+    return {name: headers.get(header, b"").decode(errors="replace") or None
+            for name, header in (("source", "source"), ("received_at", "received-at"),
+                                 ("request_id", "request-id"))}
 
 
 def batch_values(records: list[bytes], limit: int = BATCH_RECORD_BYTES) -> Iterator[bytes]:
@@ -88,8 +95,9 @@ def register(pipeline: Pipeline) -> Any:
                     continue
                 passthrough: dict[str, bytes] = {
                     k: origin[k] for k in ("source", "request-id") if k in origin}
+                fields = origin_fields(origin)  # the same for every reading of the body
                 for reading in readings:
-                    record = reading_record(reading, origin)
+                    record = _record(reading, fields)
                     outbox.add(
                         settings.topic_readings, record,
                         key=reading.device_id.encode(), device_id=reading.device_id,
