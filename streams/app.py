@@ -140,7 +140,8 @@ class Pipeline:
 
     def outbox(self) -> Outbox:
         """Collects a batch's records; its confirm() returns once Kafka has them all."""
-        return Outbox(self.send_records, self.partition_for, self.metrics.resent)
+        return Outbox(self.send_records, self.partition_for, self.wait_for_topic,
+                      self.metrics.resent)
 
     async def send_records(self, topic: str, partition: int, records: list[Record]
                            ) -> list[tuple[list[Record], Awaitable[Any]]]:
@@ -162,16 +163,26 @@ class Pipeline:
                                                                  partition=partition)))
         return sent
 
-    def partition_for(self, topic: str, key: bytes | None, device_id: str | None) -> int:
+    def partition_for(self, topic: str, key: bytes | None, device_id: str | None
+                      ) -> int | None:
         """A record's partition: the device's (the partition its readings are keyed to)
-        for records about a device, else the producer's partitioner on the key."""
+        for records about a device, else the producer's partitioner on the key; None
+        while the producer knows no partitions of the topic."""
         if device_id is not None:
-            partition = self._partition(topic, device_id)
-        else:
-            partition = self.app.producer.key_partition(
-                topic, key).partition  # type: ignore[arg-type]  # None: any partition
-        assert partition is not None
-        return int(partition)
+            cached = self._partitions.get((topic, device_id))
+            if cached is not None:
+                return cached
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        if producer.client.cluster.partitions_for_topic(topic) is None:
+            return None
+        if device_id is not None:
+            return self._partition(topic, device_id)
+        return int(self.app.producer.key_partition(
+            topic, key).partition)  # type: ignore[arg-type]  # None: any partition
+
+    async def wait_for_topic(self, topic: str) -> None:
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await producer.client._wait_on_metadata(topic)
 
     def _partition(self, topic: str, device_id: str) -> int | None:
         cached = self._partitions.get((topic, device_id))

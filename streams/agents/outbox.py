@@ -37,23 +37,29 @@ class Record(NamedTuple):
 # made, the records in it and the batch's delivery (resolves once Kafka has them).
 SendRecords = Callable[[str, int, list[Record]],
                        Awaitable[list[tuple[list[Record], Awaitable[Any]]]]]
-# The partition of a record: (topic, key, device id) -> partition.
-PartitionFor = Callable[[str, bytes | None, str | None], int]
+# The partition of a record: (topic, key, device id) -> partition, None while the producer
+# knows no partitions of the topic yet.
+PartitionFor = Callable[[str, bytes | None, str | None], int | None]
+# Waits until the producer knows the topic's partitions (raises when it gives up).
+WaitForTopic = Callable[[str], Awaitable[Any]]
 
 
 class Outbox:
     def __init__(self, send_records: SendRecords, partition_for: PartitionFor,
-                 resent: Counter, *, first_delay: float = 0.5, max_delay: float = 10.0
-                 ) -> None:
+                 wait_for_topic: WaitForTopic, resent: Counter, *, first_delay: float = 0.5,
+                 max_delay: float = 10.0) -> None:
         self._send_records = send_records
         self._partition_for = partition_for
+        self._wait_for_topic = wait_for_topic
         self._resent = resent
         self.first_delay = first_delay
         self.max_delay = max_delay
         self._pending: dict[tuple[str, int], list[Record]] = {}
+        # Records for a topic whose partitions the producer did not know yet.
+        self._unplaced: list[tuple[str, bytes | None, str | None, Record]] = []
 
     def __len__(self) -> int:
-        return sum(len(records) for records in self._pending.values())
+        return sum(len(records) for records in self._pending.values()) + len(self._unplaced)
 
     def add(self, topic: str, value: bytes | None, *, key: bytes | None = None,
             device_id: str | None = None, partition: int | None = None,
@@ -64,6 +70,12 @@ class Outbox:
             partition = self._partition_for(topic, key, device_id)
         record = Record(key, value, int(timestamp * 1000) if timestamp else None,
                         list(headers.items()) if headers else [])
+        if partition is None:
+            self._unplaced.append((topic, key, device_id, record))
+            return
+        self._place(topic, partition, record)
+
+    def _place(self, topic: str, partition: int, record: Record) -> None:
         records = self._pending.get((topic, partition))
         if records is None:
             self._pending[(topic, partition)] = [record]
@@ -73,6 +85,7 @@ class Outbox:
     async def confirm(self) -> dict[tuple[str, int], int]:
         """Send what was queued; return once Kafka acknowledged every record of it, with
         the offset of the last record per topic partition (where the producer tells)."""
+        await self._place_unplaced()
         groups, self._pending = self._pending, {}
         last: dict[tuple[str, int], int] = {}
         attempts: list[tuple[str, int, list[Record], Awaitable[Any]]] = []
@@ -105,6 +118,22 @@ class Outbox:
             for topic, partition, records, _ in failed:
                 attempts += await self._attempt(topic, partition, records)
         return last
+
+    async def _place_unplaced(self) -> None:
+        """Partition the records queued before the producer knew their topic, waiting
+        for its metadata (with backoff while Kafka does not answer)."""
+        unplaced, self._unplaced = self._unplaced, []
+        delay = self.first_delay
+        for topic, key, device_id, record in unplaced:
+            while (partition := self._partition_for(topic, key, device_id)) is None:
+                try:
+                    await self._wait_for_topic(topic)
+                except Exception as exc:  # no metadata yet: Kafka away, or no such topic
+                    log.error("no partitions known for %s (%s: %s); asking again in %.1f s",
+                              topic, type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_delay)
+            self._place(topic, partition, record)
 
     async def _attempt(self, topic: str, partition: int, records: list[Record]
                        ) -> list[tuple[str, int, list[Record], Awaitable[Any]]]:

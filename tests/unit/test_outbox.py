@@ -47,6 +47,10 @@ def partition_for(topic: str, key: bytes | None, device_id: str | None) -> int:
     return {"dev-a": 1, "dev-b": 2}.get(device_id or "", 0)
 
 
+async def no_wait(topic: str) -> None:
+    raise AssertionError(f"waited for {topic}: its partitions were known")
+
+
 def counter() -> Counter:
     return Counter("resent_total", "test", registry=CollectorRegistry())
 
@@ -57,7 +61,7 @@ def test_confirm_sends_unacknowledged_batches_again_until_kafka_has_them(
     resent = counter()
 
     async def batch() -> None:
-        outbox = Outbox(producer.send_records, partition_for, resent, first_delay=0.01)
+        outbox = Outbox(producer.send_records, partition_for, no_wait, resent, first_delay=0.01)
         for value in (b"a", b"b", b"c"):
             outbox.add("meter.readings", value, key=b"k", device_id="dev-a", timestamp=1.5)
         assert len(outbox) == 3
@@ -80,7 +84,7 @@ def test_a_batch_the_producer_refuses_outright_is_sent_again_too() -> None:
     resent = counter()
 
     async def batch() -> None:
-        outbox = Outbox(producer.send_records, partition_for, resent, first_delay=0.01)
+        outbox = Outbox(producer.send_records, partition_for, no_wait, resent, first_delay=0.01)
         outbox.add("meter.aggregates", b"x")
         await outbox.confirm()
 
@@ -92,7 +96,7 @@ def test_records_go_per_partition_in_the_order_they_were_added() -> None:
     producer = FlakyProducer({}, batch=100)
 
     async def batch() -> None:
-        outbox = Outbox(producer.send_records, partition_for, counter())
+        outbox = Outbox(producer.send_records, partition_for, no_wait, counter())
         outbox.add("meter.readings", b"a1", device_id="dev-a")
         outbox.add("meter.readings", b"b1", device_id="dev-b", headers={"source": b"x"})
         outbox.add("meter.readings", b"a2", device_id="dev-a")
@@ -110,7 +114,7 @@ def test_nothing_to_confirm_returns_at_once() -> None:
     producer = FlakyProducer({})
 
     async def batch() -> None:
-        await Outbox(producer.send_records, partition_for, counter()).confirm()
+        await Outbox(producer.send_records, partition_for, no_wait, counter()).confirm()
 
     asyncio.run(batch())
     assert producer.attempts == []
@@ -137,10 +141,38 @@ def test_confirm_tells_the_offset_of_the_last_record_per_partition() -> None:
         return sent
 
     async def batch() -> dict[tuple[str, int], int]:
-        outbox = Outbox(send_records, partition_for, counter())
+        outbox = Outbox(send_records, partition_for, no_wait, counter())
         for value in (b"1", b"2", b"3"):
             outbox.add("changelog", value, device_id="dev-a")
         outbox.add("changelog", None, key=b"gone", device_id="dev-b")  # a tombstone
         return await outbox.confirm()
 
     assert asyncio.run(batch()) == {("changelog", 1): 42, ("changelog", 2): 7}
+
+
+def test_records_for_a_topic_not_known_yet_wait_for_its_partitions() -> None:
+    producer = FlakyProducer({}, batch=100)
+    known: set[str] = set()
+    waits: list[str] = []
+
+    def partition_when_known(topic: str, key: bytes | None, device_id: str | None
+                             ) -> int | None:
+        return 4 if topic in known else None
+
+    async def wait_for_topic(topic: str) -> None:
+        waits.append(topic)
+        if len(waits) == 1:
+            raise TimeoutError("no metadata")  # Kafka slow to answer: asked again
+        known.add(topic)
+
+    async def batch() -> None:
+        outbox = Outbox(producer.send_records, partition_when_known, wait_for_topic,
+                        counter(), first_delay=0.01)
+        outbox.add("meterstream.deadletter", b"bad", key=b"k")
+        assert len(outbox) == 1
+        await outbox.confirm()
+
+    asyncio.run(batch())
+    assert waits == ["meterstream.deadletter"] * 2
+    assert [(t, p, r.value) for t, p, r in producer.attempts] == [
+        ("meterstream.deadletter", 4, b"bad")]
