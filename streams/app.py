@@ -147,18 +147,16 @@ class Pipeline:
                            ) -> list[tuple[list[Record], Awaitable[Any]]]:
         """Hand records for one partition to the producer as record batches; per batch,
         its records and the future that resolves when Kafka acknowledged it."""
-        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        producer = self._kafka_producer()
         sent: list[tuple[list[Record], Awaitable[Any]]] = []
         batch, first = producer.create_batch(), 0
         for index, record in enumerate(records):
-            if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms,
-                            headers=record.headers) is None:
-                # Full. A new batch always takes its first record, however large.
+            # Full: send it; a new batch always takes its first record, however large.
+            while batch.append(key=record.key, value=record.value,
+                               timestamp=record.timestamp_ms, headers=record.headers) is None:
                 sent.append((records[first:index],
                              await producer.send_batch(batch, topic, partition=partition)))
                 batch, first = producer.create_batch(), index
-                batch.append(key=record.key, value=record.value,
-                             timestamp=record.timestamp_ms, headers=record.headers)
         sent.append((records[first:], await producer.send_batch(batch, topic,
                                                                  partition=partition)))
         return sent
@@ -172,8 +170,7 @@ class Pipeline:
             cached = self._partitions.get((topic, device_id))
             if cached is not None:
                 return cached
-        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        if producer.client.cluster.partitions_for_topic(topic) is None:
+        if self._kafka_producer().client.cluster.partitions_for_topic(topic) is None:
             return None
         if device_id is not None:
             return self._partition(topic, device_id)
@@ -181,8 +178,11 @@ class Pipeline:
             topic, key).partition)  # type: ignore[arg-type]  # None: any partition
 
     async def wait_for_topic(self, topic: str) -> None:
-        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        await producer.client._wait_on_metadata(topic)
+        await self._kafka_producer().client._wait_on_metadata(topic)
+
+    def _kafka_producer(self) -> Any:
+        """aiokafka's producer under Faust's (no transactions here, so there is one)."""
+        return self.app.producer._ensure_producer()  # type: ignore[attr-defined]
 
     def _partition(self, topic: str, device_id: str) -> int | None:
         cached = self._partitions.get((topic, device_id))

@@ -298,44 +298,39 @@ class Device:
                     return samples[i]
         return None
 
-    # The two scans below run several times per reading (the windows a reading touches,
-    # then every emitted window's neighbours): plain loops, stopping as soon as both
-    # registers are found, instead of generators.
     def registers_before(self, ts: int, imp: bool = True, exp: bool = True
                          ) -> tuple[list[Any] | None, list[Any] | None]:
         """For the import and the export register (where asked for), the last sample
         before ts carrying it, or the register's anchor once the samples that far back
         were pruned."""
-        found_imp = found_exp = None
-        starts = self.head["chunks"]
-        position = bisect.bisect_left(starts, ts) - 1
-        while (imp or exp) and position >= 0:
-            samples = self._samples(starts[position])
-            for i in range(bisect.bisect_left(samples, ts, key=_ts) - 1, -1, -1):
-                sample = samples[i]
-                if imp and sample[IMP] is not None:
-                    found_imp, imp = sample, False
-                if exp and sample[EXP] is not None:
-                    found_exp, exp = sample, False
-                if not (imp or exp):
-                    break
-            position -= 1
-        if imp:
-            found_imp = self._anchor(IMP)
-        if exp:
-            found_exp = self._anchor(EXP)
-        return found_imp, found_exp
+        found_imp, found_exp, imp, exp = self._scan_registers(ts, imp, exp, backward=True)
+        return (self._anchor(IMP) if imp else found_imp,
+                self._anchor(EXP) if exp else found_exp)
 
     def registers_after(self, ts: int, imp: bool = True, exp: bool = True
                         ) -> tuple[list[Any] | None, list[Any] | None]:
         """For the import and the export register (where asked for), the first sample at
         or after ts carrying it."""
+        found_imp, found_exp, _, _ = self._scan_registers(ts, imp, exp, backward=False)
+        return found_imp, found_exp
+
+    def _scan_registers(self, ts: int, imp: bool, exp: bool, backward: bool
+                        ) -> tuple[list[Any] | None, list[Any] | None, bool, bool]:
+        """The nearest samples before ts (backward) or at/after it carrying each asked-for
+        register, and which of the registers were not found.
+
+        Runs several times per reading (the windows a reading touches, then every emitted
+        window's neighbours): a plain loop that stops as soon as both are found."""
         found_imp = found_exp = None
         starts = self.head["chunks"]
-        position = max(0, bisect.bisect_right(starts, ts) - 1)
-        while (imp or exp) and position < len(starts):
+        if backward:
+            position, step, stop = bisect.bisect_left(starts, ts) - 1, -1, -1
+        else:
+            position, step, stop = max(0, bisect.bisect_right(starts, ts) - 1), 1, len(starts)
+        while (imp or exp) and position != stop:
             samples = self._samples(starts[position])
-            for i in range(bisect.bisect_left(samples, ts, key=_ts), len(samples)):
+            cut = bisect.bisect_left(samples, ts, key=_ts)
+            for i in range(cut - 1, -1, -1) if backward else range(cut, len(samples)):
                 sample = samples[i]
                 if imp and sample[IMP] is not None:
                     found_imp, imp = sample, False
@@ -343,8 +338,8 @@ class Device:
                     found_exp, exp = sample, False
                 if not (imp or exp):
                     break
-            position += 1
-        return found_imp, found_exp
+            position += step
+        return found_imp, found_exp, imp, exp
 
     def _anchor(self, index: int) -> list[Any] | None:
         anchor = self.head["anchors"]["import" if index == IMP else "export"]
