@@ -1,6 +1,7 @@
 # meterstream: `make run` starts the whole pipeline, `make test` runs every test.
-# Both bootstrap what they need: Debian packages (JDK, Maven, Prometheus), a virtualenv
-# with the project installed, and the Kafka jars (fetched from Maven Central on first use).
+# Both bootstrap what they need: Debian packages (JDK, Maven, Prometheus, a Rust toolchain
+# when there is none), a virtualenv with the project installed (pip builds the native/
+# crate), and the Kafka jars (fetched from Maven Central on first use).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,13 +25,15 @@ deps:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v cargo >/dev/null || missing="$$missing cargo-web rustc-web"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	  $(SUDO) systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true; \
 	fi
 
-$(STAMP): pyproject.toml
+# Rebuilt when the crate changes too: an editable install compiles native/ in place.
+$(STAMP): pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -56,7 +59,7 @@ bench: deps venv
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .meterstream .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .meterstream .pytest_cache .mypy_cache .ruff_cache native/target streams/_native*.so
 
 # Regenerate the settings table in the README from streams/config.py.
 docs: venv

@@ -567,14 +567,18 @@ def dockerignored(path: str) -> bool:
     ".pytest_cache/v/cache/nodeids", ".mypy_cache/3.11/x.json", ".ruff_cache/content",
     ".hypothesis/examples/x", "tests/unit/test_codec.py", "meterstream.egg-info/PKG-INFO",
     "streams/__pycache__/cli.cpython-311.pyc", "bench/results/run.json",
+    # build products of an editable install: the image compiles native/ itself
+    "native/target/release/lib_native.so", "streams/_native.cpython-311-x86_64-linux-gnu.so",
 ])
 def test_dockerignore_keeps_local_state_and_secrets_out(path: str) -> None:
     assert dockerignored(path), f"{path} would be sent to the image build"
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
-    package_files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "streams").rglob("*")
-                     if p.is_file() and "__pycache__" not in p.parts]
+    package_files = [p.relative_to(ROOT).as_posix()
+                     for p in [*(ROOT / "streams").rglob("*"), *(ROOT / "native").rglob("*")]
+                     if p.is_file() and not {"__pycache__", "target"} & set(p.parts)
+                     and p.suffix != ".so"]
     assert package_files
     for path in ["pyproject.toml", "README.md", *package_files]:
         assert not dockerignored(path), f"{path} is needed by the build but ignored"
