@@ -3,7 +3,9 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+mod decode;
 mod json;
+mod windows;
 
 /// The JSON text orjson would write for a float (tests compare the two).
 #[pyfunction]
@@ -24,5 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(float_json, m)?)?;
     m.add_function(wrap_pyfunction!(format_timestamp, m)?)?;
+    decode::register(m)?;
+    windows::register(m)?;
     Ok(())
 }

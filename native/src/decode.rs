@@ -1,0 +1,6 @@
+//! (filled in by the decode work)
+use pyo3::prelude::*;
+
+pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    Ok(())
+}
