@@ -1,5 +1,8 @@
 """Type stubs of the compiled module built from native/ (Rust, PyO3)."""
 
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, final
+
 __version__: str
 
 def float_json(value: float) -> bytes: ...
@@ -7,4 +10,66 @@ def format_timestamp(timestamp_us: int) -> str: ...
 
 # -- decoding (native/src/decode.rs) ---------------------------------------------------------
 
-# -- window aggregation (native/src/windows.rs) ----------------------------------------------
+# -- window aggregation (native/src/readings.rs, native/src/windows.rs) ----------------------
+
+@final
+class ReadingParser:
+    def __init__(self, codes: dict[str, int]) -> None: ...
+    def group(self, values: list[bytes]
+              ) -> tuple[list[DeviceReadings], list[tuple[int, bytes, str]]]: ...
+
+@final
+class DeviceReadings:
+    device_id: str
+    last_value: int
+    received: list[tuple[str, int]]
+    def __len__(self) -> int: ...
+    def record(self, i: int) -> bytes: ...
+    def value_index(self, i: int) -> int: ...
+
+@final
+class Window:
+    device_id: str
+    size: int
+    start_us: int
+    revision: int
+    final: bool
+    energy_import_wh: float | None
+    energy_export_wh: float | None
+    json: bytes
+    key: bytes
+
+@final
+class Outcome:
+    emitted: list[Window]
+    late: list[tuple[int, str]]
+    duplicates: int
+    conflicting_duplicates: int
+    revisions: int
+    finals: int
+
+@final
+class Device:
+    id: str
+    head: dict[str, Any]
+    def __init__(self, device_id: str, head: dict[str, Any] | None,
+                 load: Callable[[str], bytes | None]) -> None: ...
+    def mark_head(self) -> None: ...
+    def take_writes(self) -> tuple[list[tuple[str, bytes]], list[str], bool]: ...
+
+_Sample = tuple[int, float | None, float | None, float | None, float | None, float | None,
+                float | None]
+
+@final
+class Windows:
+    def __init__(self, sizes: list[int], grace: int, allowed_lateness: int, chunk: int,
+                 emit_interim: bool) -> None: ...
+    def apply(self, device: Device, samples: DeviceReadings | Sequence[_Sample],
+              arrival_us: int) -> Outcome: ...
+    def due(self, head: dict[str, Any], now_us: int) -> bool: ...
+    def sweep(self, device: Device, now_us: int) -> Outcome: ...
+    def open_windows(self, device: Device) -> list[Window]: ...
+    def window_content(self, device_id: str, size_s: int, start: int,
+                       samples: Iterable[_Sample],
+                       before: tuple[_Sample | None, _Sample | None],
+                       after: tuple[_Sample | None, _Sample | None]) -> tuple[bytes, str]: ...

@@ -196,10 +196,6 @@ class Pipeline:
         return cached
 
     # -- hooks the agents call ----------------------------------------------------------------
-    def enrich_aggregate(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The window record as published: plus EAN, address and customer when known."""
-        return self.enrichment.annotate(record["device_id"], record)
-
     def enrich_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
         return self.enrichment.annotate(alert["device_id"], alert)
 
@@ -377,7 +373,7 @@ class Pipeline:
             "event_time": format_timestamp(head["event_time"]),
             "last_arrival": format_timestamp(head["arrival"]) if head["arrival"] else None,
             "latest_reading": dict(zip(Sample._fields, latest, strict=True)) if latest else None,
-            "open_windows": list(self.aggregator.open_windows(device)),
+            "open_windows": self.aggregator.open_windows(device),
         }
 
     def internal_specs(self) -> list[TopicSpec]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from streams.ean_mapping import EanMapping, MappingError, SmartMeDevice
 from streams.offline import Meter
 from streams.smartme import mbus_offline_threshold
@@ -129,15 +131,25 @@ class Enrichment:
 
     def annotate(self, device_id: str, record: dict[str, Any]) -> dict[str, Any]:
         """A record plus ean, address and customer id (and meter name) when known."""
+        extra = self._annotation(device_id, "name" in record)
+        return {**record, **extra} if extra else record
+
+    def annotate_json(self, device_id: str, record: bytes) -> bytes:
+        """:meth:`annotate` on a record's JSON text (an object without a ``name``), without
+        parsing it: the annotation's keys go after the record's own."""
+        extra = self._annotation(device_id, False)
+        return record[:-1] + b"," + orjson.dumps(extra)[1:] if extra else record
+
+    def _annotation(self, device_id: str, named: bool) -> dict[str, Any]:
         place = self.place(device_id)
         meter = self.meter(device_id)
         extra: dict[str, Any] = {}
         if place is not None:
             extra = {"ean": place.ean, "customer_id": place.customer_id,
                      "address": place.address}
-        if meter is not None and meter.name and "name" not in record:
+        if meter is not None and meter.name and not named:
             extra["name"] = meter.name
-        return {**record, **extra} if extra else record
+        return extra
 
 
 def _class(record: Mapping[str, Any]) -> str | None:

@@ -16,14 +16,14 @@ HOUR = 3600
 KEEP_DAYS = 4
 
 
-def fold(head: dict[str, Any], record: dict[str, Any], start_us: int) -> None:
+def fold(head: dict[str, Any], size: int, start_us: int, import_wh: float | None,
+         export_wh: float | None) -> None:
     """Remember a final hourly window's energy (a revision replaces its hour)."""
-    if record["size"] != HOUR:
+    if size != HOUR:
         return
     day = local_day(start_us).isoformat()
     days = head.setdefault("days", {})
-    days.setdefault(day, {})[str(start_us)] = [record["energy_import_wh"],
-                                               record["energy_export_wh"]]
+    days.setdefault(day, {})[str(start_us)] = [import_wh, export_wh]
     for old in sorted(days)[:-KEEP_DAYS]:
         del days[old]
 

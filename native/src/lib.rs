@@ -5,6 +5,7 @@ use pyo3::types::PyBytes;
 
 mod decode;
 mod json;
+mod readings;
 mod windows;
 
 /// The JSON text orjson would write for a float (tests compare the two).
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(float_json, m)?)?;
     m.add_function(wrap_pyfunction!(format_timestamp, m)?)?;
     decode::register(m)?;
+    readings::register(m)?;
     windows::register(m)?;
     Ok(())
 }

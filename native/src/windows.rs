@@ -1,6 +1,1127 @@
-//! (filled in by the windows work)
-use pyo3::prelude::*;
+//! Per-device window aggregation, compiled: the semantics of the Python model in
+//! `tests/windows_model.py` (and of the README's "Window aggregates"), rule for rule, so
+//! that both give the same records, revisions, digests and state on any trace (a property
+//! test compares them).
+//!
+//! State per device, in the same JSON shapes the Python side always wrote:
+//!
+//! * the *head* stays a Python dict (the agent keeps its own keys in it: offline watch,
+//!   reconciliation, partition); the window keys `event_time`, `arrival`, `chunks`,
+//!   `pending`, `anchors` and `latest` are read at the start of every operation and
+//!   written back at its end;
+//! * *chunks* (`device|chunk_start` → `{"samples": [...], "windows": {...}}`) are raw JSON
+//!   bytes, loaded through a Python callable and handed back by [`Device::take_writes`].
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use std::collections::{BTreeSet, HashMap};
+
+use blake2::digest::consts::U8;
+use blake2::{Blake2b, Digest};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::json::{format_timestamp, push_f64, push_i64, push_key, push_opt_f64, push_str};
+use crate::readings::DeviceReadings;
+
+const US: i64 = 1_000_000;
+// Positions in a sample's values (a stored sample is [ts, import, export, power, l1, l2, l3]).
+const IMP: usize = 0;
+const EXP: usize = 1;
+const POW: usize = 2;
+const PHASES: [(&str, usize); 3] = [("l1", 3), ("l2", 4), ("l3", 5)];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    pub ts: i64,
+    pub v: [Option<f64>; 6],
+}
+
+impl Sample {
+    fn anchor(ts: i64, index: usize, value: f64) -> Sample {
+        let mut v = [None; 6];
+        v[index] = Some(value);
+        Sample { ts, v }
+    }
+}
+
+// -- configuration --------------------------------------------------------------------------
+
+#[pyclass(module = "streams._native", frozen)]
+pub struct Windows {
+    sizes_us: Vec<i64>,
+    settle_sizes: Vec<i64>,
+    grace_us: i64,
+    lateness_us: i64,
+    allowed_lateness: i64,
+    chunk_us: i64,
+    emit_interim: bool,
+}
+
+// -- state ------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Head {
+    event_time: Option<i64>,
+    arrival: Option<i64>,
+    chunks: Vec<i64>,
+    pending: Vec<(String, Vec<i64>)>, // in the dict's order: finalizing follows it
+    anchors: [Option<(i64, f64)>; 2],
+    latest: Option<Sample>,
+}
+
+struct Meta {
+    size_s: i64,
+    start: i64,
+    revision: i64,
+    digest: String,
+}
+
+#[derive(Default)]
+struct Chunk {
+    samples: Vec<Sample>,
+    windows: Vec<Meta>, // in insertion order, as the Python dict kept them
+}
+
+impl Chunk {
+    fn meta(&self, size_s: i64, start: i64) -> Option<&Meta> {
+        self.windows.iter().find(|m| m.size_s == size_s && m.start == start)
+    }
+}
+
+/// One device's head (a Python dict shared with the agent) and its lazily loaded chunks.
+#[pyclass(module = "streams._native", unsendable)]
+pub struct Device {
+    #[pyo3(get)]
+    id: String,
+    #[pyo3(get)]
+    head: Py<PyDict>,
+    load: Py<PyAny>,
+    chunks: HashMap<i64, Chunk>,
+    dirty: BTreeSet<i64>,
+    deleted: BTreeSet<i64>,
+    head_dirty: bool,
+}
+
+#[pymethods]
+impl Device {
+    /// `head`: the stored head (None for a new device); `load(key)`: a chunk's stored JSON
+    /// bytes, or None.
+    #[new]
+    #[pyo3(signature = (device_id, head, load))]
+    fn new(py: Python<'_>, device_id: String, head: Option<Bound<'_, PyDict>>,
+           load: Py<PyAny>) -> PyResult<Self> {
+        let head_dirty = head.is_none();
+        let head = match head {
+            Some(dict) => dict.unbind(),
+            None => {
+                let dict = PyDict::new(py);
+                Head::default().store(py, &dict)?;
+                dict.unbind()
+            }
+        };
+        Ok(Device { id: device_id, head, load, chunks: HashMap::new(), dirty: BTreeSet::new(),
+                    deleted: BTreeSet::new(), head_dirty })
+    }
+
+    fn mark_head(&mut self) {
+        self.head_dirty = true;
+    }
+
+    /// What changed since the last call: (chunk key → JSON to store, chunk keys to delete,
+    /// whether the head must be stored).
+    fn take_writes<'py>(&mut self, py: Python<'py>)
+        -> PyResult<(Vec<(String, Bound<'py, PyBytes>)>, Vec<String>, bool)> {
+        let mut puts = Vec::new();
+        for start in self.dirty.difference(&self.deleted) {
+            let chunk = self.chunks.get(start).ok_or_else(
+                || PyValueError::new_err("a changed chunk is not loaded"))?;
+            puts.push((chunk_key(&self.id, *start), PyBytes::new(py, &chunk_json(chunk))));
+        }
+        let deletes = self.deleted.iter().map(|start| chunk_key(&self.id, *start)).collect();
+        let head = self.head_dirty || !self.dirty.is_empty() || !self.deleted.is_empty();
+        self.dirty.clear();
+        self.deleted.clear();
+        self.head_dirty = false;
+        Ok((puts, deletes, head))
+    }
+}
+
+fn chunk_key(device_id: &str, start: i64) -> String {
+    format!("{device_id}|{start}")
+}
+
+/// A device's state during one operation: the head parsed out of its dict, the device's
+/// chunk cache, and the loader for chunks not read yet.
+struct State<'a, 'py> {
+    py: Python<'py>,
+    head: Head,
+    device: &'a mut Device,
+}
+
+impl<'a, 'py> State<'a, 'py> {
+    fn open(py: Python<'py>, device: &'a mut Device) -> PyResult<Self> {
+        let head = Head::read(device.head.bind(py))?;
+        Ok(State { py, head, device })
+    }
+
+    fn close(self) -> PyResult<()> {
+        self.head.store(self.py, self.device.head.bind(self.py))
+    }
+
+    fn key(&self, start: i64) -> String {
+        chunk_key(&self.device.id, start)
+    }
+
+    /// Makes the chunk at `start` available (loading it when it is in the head's index);
+    /// with `create`, a missing chunk is created and indexed. Whether it exists now.
+    fn chunk(&mut self, start: i64, create: bool) -> PyResult<bool> {
+        if self.device.chunks.contains_key(&start) {
+            return Ok(true);
+        }
+        let mut data = None;
+        if self.head.chunks.binary_search(&start).is_ok() {
+            let raw = self.device.load.bind(self.py).call1((self.key(start),))?;
+            if !raw.is_none() {
+                let bytes = raw.cast::<PyBytes>().map_err(
+                    |_| PyTypeError::new_err("a stored chunk must be bytes"))?;
+                data = Some(parse_chunk(bytes.as_bytes()).map_err(|e| PyValueError::new_err(
+                    format!("chunk {} is not readable: {e}", self.key(start))))?);
+            }
+        }
+        let chunk = match data {
+            Some(chunk) => chunk,
+            None if !create => return Ok(false),
+            None => {
+                insort(&mut self.head.chunks, start);
+                self.device.head_dirty = true;
+                Chunk::default()
+            }
+        };
+        self.device.chunks.insert(start, chunk);
+        Ok(true)
+    }
+
+    fn samples(&mut self, start: i64) -> PyResult<&Vec<Sample>> {
+        if !self.chunk(start, false)? {
+            return Err(PyValueError::new_err(format!("chunk {} is indexed but not stored",
+                                                     self.key(start))));
+        }
+        Ok(&self.device.chunks[&start].samples)
+    }
+
+    fn touch(&mut self, start: i64) {
+        self.device.dirty.insert(start);
+    }
+
+    /// Samples with lo <= ts < hi, in order.
+    fn samples_between(&mut self, lo: i64, hi: i64) -> PyResult<Vec<Sample>> {
+        let mut found = Vec::new();
+        let first = bisect_right(&self.head.chunks, lo).saturating_sub(1);
+        for position in first..self.head.chunks.len() {
+            let start = self.head.chunks[position];
+            if start >= hi {
+                break;
+            }
+            let samples = self.samples(start)?;
+            let from = lower_bound(samples, lo);
+            let to = lower_bound(samples, hi);
+            found.extend_from_slice(&samples[from..to]);
+        }
+        Ok(found)
+    }
+
+    /// The last sample before ts carrying value `index` (any sample for None), among the
+    /// samples still kept (no anchors).
+    fn before(&mut self, ts: i64, index: Option<usize>) -> PyResult<Option<Sample>> {
+        let mut position = bisect_left(&self.head.chunks, ts);
+        while position > 0 {
+            position -= 1;
+            let start = self.head.chunks[position];
+            let samples = self.samples(start)?;
+            for sample in samples[..lower_bound(samples, ts)].iter().rev() {
+                if index.is_none_or(|i| sample.v[i].is_some()) {
+                    return Ok(Some(*sample));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// For import and export (where asked for), the last sample before ts carrying the
+    /// register, or its anchor once the samples that far back were pruned.
+    fn registers_before(&mut self, ts: i64, imp: bool, exp: bool) -> PyResult<[Option<Sample>; 2]> {
+        let (found, missing) = self.scan_registers(ts, [imp, exp], true)?;
+        Ok([0, 1].map(|i| if missing[i] { self.anchor(i) } else { found[i] }))
+    }
+
+    /// For import and export (where asked for), the first sample at or after ts carrying it.
+    fn registers_after(&mut self, ts: i64, imp: bool, exp: bool) -> PyResult<[Option<Sample>; 2]> {
+        Ok(self.scan_registers(ts, [imp, exp], false)?.0)
+    }
+
+    /// The nearest samples before ts (backward) or at/after it carrying each asked-for
+    /// register, and which of the asked-for registers were not found.
+    fn scan_registers(&mut self, ts: i64, mut wanted: [bool; 2], backward: bool)
+        -> PyResult<([Option<Sample>; 2], [bool; 2])> {
+        let mut found = [None, None];
+        let count = self.head.chunks.len() as isize;
+        let (mut position, step, stop) = if backward {
+            (bisect_left(&self.head.chunks, ts) as isize - 1, -1, -1)
+        } else {
+            ((bisect_right(&self.head.chunks, ts) as isize - 1).max(0), 1, count)
+        };
+        while (wanted[0] || wanted[1]) && position != stop {
+            let start = self.head.chunks[position as usize];
+            let samples = self.samples(start)?;
+            let cut = lower_bound(samples, ts);
+            let mut visit = |sample: &Sample| {
+                for i in 0..2 {
+                    if wanted[i] && sample.v[i].is_some() {
+                        found[i] = Some(*sample);
+                        wanted[i] = false;
+                    }
+                }
+                !(wanted[0] || wanted[1])
+            };
+            if backward {
+                for sample in samples[..cut].iter().rev() {
+                    if visit(sample) {
+                        break;
+                    }
+                }
+            } else {
+                for sample in &samples[cut..] {
+                    if visit(sample) {
+                        break;
+                    }
+                }
+            }
+            position += step;
+        }
+        Ok((found, wanted))
+    }
+
+    fn anchor(&self, index: usize) -> Option<Sample> {
+        self.head.anchors[index].map(|(ts, value)| Sample::anchor(ts, index, value))
+    }
+
+    fn delete_chunk(&mut self, start: i64) {
+        if let Ok(position) = self.head.chunks.binary_search(&start) {
+            self.head.chunks.remove(position);
+        }
+        self.device.chunks.remove(&start);
+        self.device.deleted.insert(start);
+        self.device.head_dirty = true;
+    }
+}
+
+// -- what an operation gives back ---------------------------------------------------------------
+
+/// One window record as published: its JSON text and what the agent needs to route and
+/// count it without parsing that text.
+#[pyclass(module = "streams._native", frozen, get_all)]
+pub struct Window {
+    device_id: String,
+    size: i64,
+    start_us: i64,
+    revision: i64,
+    #[pyo3(name = "final")]
+    is_final: bool,
+    energy_import_wh: Option<f64>,
+    energy_export_wh: Option<f64>,
+    /// The record's JSON text.
+    json: Py<PyBytes>,
+    /// `device_id|size|window_start`: the key a compacted topic keeps the latest revision by.
+    key: Py<PyBytes>,
+}
+
+#[pyclass(module = "streams._native", get_all)]
+#[derive(Default)]
+pub struct Outcome {
+    emitted: Vec<Py<Window>>,
+    /// (position of the reading in the input, why it is too late)
+    late: Vec<(usize, String)>,
+    duplicates: u64,
+    conflicting_duplicates: u64,
+    revisions: u64,
+    finals: u64,
+}
+
+/// A window's content before it is published: kept as computed values so the digest (over
+/// the sorted-key JSON, as the Python side computed it) and the record text are written
+/// from the same numbers.
+struct Content {
+    size_s: i64,
+    start: i64,
+    end: i64,
+    energy: [Option<f64>; 2],
+    power: Option<(f64, f64, f64, f64)>,
+    phases: Vec<(&'static str, (f64, f64, f64, f64))>,
+    samples: usize,
+    resets: i64,
+    first_reading: Option<i64>,
+    last_reading: Option<i64>,
+}
+
+// -- the rules -------------------------------------------------------------------------------
+
+#[pymethods]
+impl Windows {
+    #[new]
+    #[pyo3(signature = (sizes, grace, allowed_lateness, chunk, emit_interim))]
+    fn new(sizes: Vec<i64>, grace: i64, allowed_lateness: i64, chunk: i64, emit_interim: bool)
+        -> PyResult<Self> {
+        if sizes.is_empty() || sizes.iter().any(|s| *s <= 0) || chunk <= 0 {
+            return Err(PyValueError::new_err("window sizes and the chunk must be positive seconds"));
+        }
+        let sizes_us: Vec<i64> = sizes.iter().map(|s| s * US).collect();
+        let mut settle_sizes = sizes_us.clone();
+        settle_sizes.sort_unstable();
+        settle_sizes.dedup();
+        Ok(Windows { sizes_us, settle_sizes, grace_us: grace * US, lateness_us: allowed_lateness * US,
+                     allowed_lateness, chunk_us: chunk * US, emit_interim })
+    }
+
+    /// Apply readings (a `DeviceReadings`, or (ts, import, export, power, l1, l2, l3)
+    /// tuples) that arrived at `arrival_us` to a device.
+    fn apply(&self, py: Python<'_>, device: &mut Device, samples: &Bound<'_, PyAny>,
+             arrival_us: i64) -> PyResult<Outcome> {
+        let samples = extract_samples(samples)?;
+        let mut outcome = Outcome::default();
+        let mut state = State::open(py, device)?;
+        for (position, sample) in samples.iter().enumerate() {
+            let ts = sample.ts;
+            let mut event_time = state.head.event_time;
+            if let Some(et) = event_time {
+                if ts < et - self.lateness_us {
+                    outcome.late.push((position, format!(
+                        "older than the device's event time {} minus the allowed lateness ({} s)",
+                        format_timestamp(et), self.allowed_lateness)));
+                    continue;
+                }
+            }
+            if !self.insert(&mut state, sample, &mut outcome)? {
+                continue;
+            }
+            if event_time.is_none_or(|et| ts > et) {
+                state.head.event_time = Some(ts);
+                event_time = Some(ts);
+            }
+            if state.head.latest.is_none_or(|latest| ts >= latest.ts) {
+                state.head.latest = Some(*sample);
+            }
+            // Settled after every reading, not once per batch: what is emitted then depends
+            // only on the device's readings in arrival order, never on how a consumer
+            // batched them, so a replay after a crash re-emits exactly what it emitted.
+            let touched = self.touched_windows(&mut state, sample)?;
+            self.settle(&mut state, &touched, event_time, &mut outcome)?;
+        }
+        state.head.arrival = Some(arrival_us);
+        state.device.head_dirty = true;
+        self.prune(&mut state)?;
+        state.close()?;
+        Ok(outcome)
+    }
+
+    /// Whether the quiet-device rule would finalize something for this head now.
+    fn due(&self, head: &Bound<'_, PyDict>, now_us: i64) -> PyResult<bool> {
+        Ok(self.is_due(&Head::read(head)?, now_us))
+    }
+
+    /// Finalize windows of a device that went quiet (the wall-clock rule).
+    fn sweep(&self, py: Python<'_>, device: &mut Device, now_us: i64) -> PyResult<Outcome> {
+        let mut outcome = Outcome::default();
+        let mut state = State::open(py, device)?;
+        if self.is_due(&state.head, now_us) {
+            self.finalize_due(&mut state, now_us, &mut outcome)?;
+        }
+        state.close()?;
+        Ok(outcome)
+    }
+
+    /// The device's pending windows as interim (revision 0, not final) records.
+    fn open_windows(&self, py: Python<'_>, device: &mut Device) -> PyResult<Vec<Py<Window>>> {
+        let mut state = State::open(py, device)?;
+        let mut windows = Vec::new();
+        for (label, starts) in state.head.pending.clone() {
+            let size_us = label_size(&label)? * US;
+            for start in starts {
+                windows.push(self.record(&mut state, size_us, start, 0, false)?);
+            }
+        }
+        state.close()?;
+        Ok(windows)
+    }
+
+    /// A window's content from (ts, import, export, power, l1, l2, l3) samples, sorted, and
+    /// the import and export neighbours before and after it: the record's JSON text (no
+    /// revision) and its digest. For tests of the window math against the Python model.
+    #[pyo3(signature = (device_id, size_s, start, samples, before, after))]
+    fn window_content<'py>(&self, py: Python<'py>, device_id: &str, size_s: i64, start: i64,
+                           samples: &Bound<'py, PyAny>,
+                           before: (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>),
+                           after: (Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>))
+        -> PyResult<(Bound<'py, PyBytes>, String)> {
+        let samples = extract_samples(samples)?;
+        let one = |s: &Option<Bound<'py, PyAny>>| s.as_ref().map(sample_from_py).transpose();
+        let content = window_content(size_s, start, &samples, [one(&before.0)?, one(&before.1)?],
+                                     [one(&after.0)?, one(&after.1)?]);
+        let mut json = Vec::with_capacity(512);
+        content.write(&mut json, device_id, None);
+        Ok((PyBytes::new(py, &json), content.digest(device_id)))
+    }
+}
+
+impl Windows {
+    fn label(size_us: i64) -> String {
+        (size_us / US).to_string()
+    }
+
+    fn insert(&self, state: &mut State, sample: &Sample, outcome: &mut Outcome) -> PyResult<bool> {
+        let ts = sample.ts;
+        let chunk_start = ts - ts.rem_euclid(self.chunk_us);
+        state.chunk(chunk_start, true)?;
+        let samples = &mut state.device.chunks.get_mut(&chunk_start).expect("created").samples;
+        let position = lower_bound(samples, ts);
+        if position < samples.len() && samples[position].ts == ts {
+            outcome.duplicates += 1;
+            if samples[position] != *sample {
+                outcome.conflicting_duplicates += 1;
+            }
+            return Ok(false);
+        }
+        samples.insert(position, *sample);
+        state.touch(chunk_start);
+        Ok(true)
+    }
+
+    /// Windows whose content can change when `sample` joins the timeline, in (size,
+    /// start) order.
+    fn touched_windows(&self, state: &mut State, sample: &Sample) -> PyResult<Vec<(i64, i64)>> {
+        let ts = sample.ts;
+        let (mut lo, mut hi) = (ts, ts);
+        let (imp, exp) = (sample.v[IMP].is_some(), sample.v[EXP].is_some());
+        if imp || exp {
+            for previous in state.registers_before(ts, imp, exp)?.into_iter().flatten() {
+                lo = lo.min(previous.ts);
+            }
+            for following in state.registers_after(ts + 1, imp, exp)?.into_iter().flatten() {
+                hi = hi.max(following.ts);
+            }
+        }
+        let mut windows = Vec::new();
+        for &size_us in &self.settle_sizes {
+            let mut start = lo - lo.rem_euclid(size_us);
+            while start <= hi {
+                windows.push((size_us, start));
+                start += size_us;
+            }
+        }
+        Ok(windows)
+    }
+
+    /// Revise changed final windows, finalize what is due, keep the rest pending.
+    fn settle(&self, state: &mut State, windows: &[(i64, i64)], event_time: Option<i64>,
+              outcome: &mut Outcome) -> PyResult<()> {
+        for &(size_us, start) in windows {
+            if self.has_meta(state, size_us, start)? {
+                self.emit(state, size_us, start, outcome)?;
+            } else if event_time.is_some_and(|et| start + size_us + self.grace_us <= et) {
+                self.emit(state, size_us, start, outcome)?;
+            } else {
+                let label = Self::label(size_us);
+                match state.head.pending.iter_mut().find(|(l, _)| *l == label) {
+                    None => state.head.pending.push((label, vec![start])),
+                    Some((_, starts)) => {
+                        if !starts.contains(&start) {
+                            insort(starts, start);
+                        }
+                    }
+                }
+                if self.emit_interim {
+                    let record = self.record(state, size_us, start, 0, false)?;
+                    outcome.emitted.push(record);
+                }
+            }
+        }
+        if let Some(et) = event_time {
+            self.finalize_due(state, et, outcome)?;
+        }
+        Ok(())
+    }
+
+    fn finalize_due(&self, state: &mut State, watermark: i64, outcome: &mut Outcome)
+        -> PyResult<()> {
+        let mut position = 0;
+        while position < state.head.pending.len() {
+            let size_us = label_size(&state.head.pending[position].0)? * US;
+            loop {
+                let starts = &state.head.pending[position].1;
+                match starts.first() {
+                    Some(&start) if start + size_us + self.grace_us <= watermark => {
+                        state.head.pending[position].1.remove(0);
+                        self.emit(state, size_us, start, outcome)?;
+                    }
+                    _ => break,
+                }
+            }
+            if state.head.pending[position].1.is_empty() {
+                state.head.pending.remove(position);
+            } else {
+                position += 1;
+            }
+        }
+        state.device.head_dirty = true;
+        Ok(())
+    }
+
+    fn is_due(&self, head: &Head, now_us: i64) -> bool {
+        let Some(arrival) = head.arrival else { return false };
+        if head.pending.is_empty() || now_us - arrival < self.grace_us {
+            return false;
+        }
+        head.pending.iter().any(|(label, starts)| match (starts.first(), label_size(label)) {
+            (Some(start), Ok(size_s)) => start + size_s * US + self.grace_us <= now_us,
+            _ => false,
+        })
+    }
+
+    fn has_meta(&self, state: &mut State, size_us: i64, start: i64) -> PyResult<bool> {
+        let chunk_start = start - start.rem_euclid(self.chunk_us);
+        if !state.chunk(chunk_start, false)? {
+            return Ok(false);
+        }
+        Ok(state.device.chunks[&chunk_start].meta(size_us / US, start).is_some())
+    }
+
+    fn emit(&self, state: &mut State, size_us: i64, start: i64, outcome: &mut Outcome)
+        -> PyResult<()> {
+        let content = self.content(state, size_us, start)?;
+        let fingerprint = content.digest(&state.device.id);
+        let chunk_start = start - start.rem_euclid(self.chunk_us);
+        state.chunk(chunk_start, true)?;
+        let chunk = state.device.chunks.get_mut(&chunk_start).expect("created");
+        let size_s = size_us / US;
+        let revision = match chunk.windows.iter_mut().find(|m| m.size_s == size_s && m.start == start) {
+            Some(meta) if meta.digest == fingerprint => return Ok(()), // nothing changed here
+            Some(meta) => {
+                meta.revision += 1;
+                meta.digest = fingerprint;
+                meta.revision
+            }
+            None => {
+                chunk.windows.push(Meta { size_s, start, revision: 0, digest: fingerprint });
+                0
+            }
+        };
+        state.touch(chunk_start);
+        if revision > 0 {
+            outcome.revisions += 1;
+        } else {
+            outcome.finals += 1;
+        }
+        outcome.emitted.push(publish(state.py, &state.device.id, &content, revision, true)?);
+        Ok(())
+    }
+
+    fn record(&self, state: &mut State, size_us: i64, start: i64, revision: i64, is_final: bool)
+        -> PyResult<Py<Window>> {
+        let content = self.content(state, size_us, start)?;
+        publish(state.py, &state.device.id, &content, revision, is_final)
+    }
+
+    fn content(&self, state: &mut State, size_us: i64, start: i64) -> PyResult<Content> {
+        let end = start + size_us;
+        let samples = state.samples_between(start, end)?;
+        let before = state.registers_before(start, true, true)?;
+        let after = state.registers_after(end, true, true)?;
+        Ok(window_content(size_us / US, start, &samples, before, after))
+    }
+
+    /// Drop chunks no accepted reading can reach again.
+    fn prune(&self, state: &mut State) -> PyResult<()> {
+        let Some(event_time) = state.head.event_time else { return Ok(()) };
+        let Some(&oldest_chunk) = state.head.chunks.first() else { return Ok(()) };
+        let cutoff = event_time - self.lateness_us;
+        let widest = *self.sizes_us.iter().max().expect("sizes are not empty");
+        if oldest_chunk + self.chunk_us > cutoff - widest {
+            return Ok(()); // nothing old enough yet; skip the search
+        }
+        let mut oldest_needed = cutoff;
+        for index in [None, Some(IMP), Some(EXP)] {
+            // An anchor is kept on its own; only samples still in chunks hold chunks back.
+            if let Some(previous) = state.before(cutoff, index)? {
+                oldest_needed = oldest_needed.min(previous.ts);
+            }
+        }
+        let keep_from = self.sizes_us.iter().map(|size| oldest_needed - oldest_needed.rem_euclid(*size))
+            .min().expect("sizes are not empty");
+        for start in state.head.chunks.clone() {
+            if start + self.chunk_us > keep_from {
+                break;
+            }
+            let mut anchors = state.head.anchors;
+            let samples = state.samples(start)?;
+            for (slot, index) in [IMP, EXP].into_iter().enumerate() {
+                if let Some(sample) = samples.iter().rev().find(|s| s.v[index].is_some()) {
+                    anchors[slot] = Some((sample.ts, sample.v[index].expect("found")));
+                }
+            }
+            state.head.anchors = anchors;
+            state.delete_chunk(start);
+        }
+        Ok(())
+    }
+}
+
+fn label_size(label: &str) -> PyResult<i64> {
+    label.parse().map_err(|_| PyValueError::new_err(format!("pending window size {label:?}")))
+}
+
+fn publish(py: Python<'_>, device_id: &str, content: &Content, revision: i64, is_final: bool)
+    -> PyResult<Py<Window>> {
+    let mut json = Vec::with_capacity(512);
+    content.write(&mut json, device_id, Some((revision, is_final)));
+    let key = format!("{device_id}|{}|{}", content.size_s, format_timestamp(content.start));
+    Py::new(py, Window {
+        device_id: device_id.to_owned(),
+        size: content.size_s,
+        start_us: content.start,
+        revision,
+        is_final,
+        energy_import_wh: content.energy[IMP],
+        energy_export_wh: content.energy[EXP],
+        json: PyBytes::new(py, &json).unbind(),
+        key: PyBytes::new(py, key.as_bytes()).unbind(),
+    })
+}
+
+// -- pure window computation -----------------------------------------------------------------
+
+/// A window's aggregate from its samples (sorted) and, for the import and the export
+/// register, the last sample carrying it before the window and the first one at/after its
+/// end.
+fn window_content(size_s: i64, start: i64, samples: &[Sample], before: [Option<Sample>; 2],
+                  after: [Option<Sample>; 2]) -> Content {
+    let end = start + size_s * US;
+    let (import, import_resets) = energy(IMP, start, end, samples, before[IMP], after[IMP]);
+    let (export, export_resets) = energy(EXP, start, end, samples, before[EXP], after[EXP]);
+    let phases = PHASES.iter()
+        .filter_map(|&(name, index)| power(index, end, samples).map(|stats| (name, stats)))
+        .collect();
+    Content {
+        size_s,
+        start,
+        end,
+        energy: [import, export],
+        power: power(POW, end, samples),
+        phases,
+        samples: samples.len(),
+        resets: import_resets + export_resets,
+        first_reading: samples.first().map(|s| s.ts),
+        last_reading: samples.last().map(|s| s.ts),
+    }
+}
+
+fn energy(index: usize, start: i64, end: i64, samples: &[Sample], before: Option<Sample>,
+          after: Option<Sample>) -> (Option<f64>, i64) {
+    let mut energy: Option<f64> = None;
+    let mut resets = 0;
+    let mut previous = before;
+    for sample in samples.iter().chain(after.iter()) {
+        let Some(value) = sample.v[index] else { continue };
+        if let Some(prev) = previous {
+            let prev_value = prev.v[index].expect("previous carries the register");
+            let (b_ts, a_ts) = (sample.ts, prev.ts);
+            let overlap = b_ts.min(end) - a_ts.max(start);
+            let mut increase = value - prev_value;
+            if increase < 0.0 {
+                if start <= b_ts && b_ts < end {
+                    resets += 1;
+                }
+                increase = 0.0;
+            }
+            if overlap > 0 {
+                // Operand order as in the Python model, for the same rounding.
+                energy = Some(energy.unwrap_or(0.0) + increase * overlap as f64 / (b_ts - a_ts) as f64);
+            }
+        }
+        previous = Some(*sample);
+    }
+    (energy, resets)
+}
+
+/// Time-weighted mean, min, max and last of a value (None: no sample carries it).
+fn power(index: usize, end: i64, samples: &[Sample]) -> Option<(f64, f64, f64, f64)> {
+    let mut weighted = 0.0;
+    let (mut first_ts, mut last_ts) = (0, 0);
+    let (mut low, mut high) = (0.0, 0.0);
+    let mut last: Option<f64> = None;
+    for sample in samples {
+        let Some(value) = sample.v[index] else { continue };
+        match last {
+            None => {
+                first_ts = sample.ts;
+                low = value;
+                high = value;
+            }
+            Some(previous) => {
+                weighted += previous * (sample.ts - last_ts) as f64;
+                if value < low {
+                    low = value;
+                } else if value > high {
+                    high = value;
+                }
+            }
+        }
+        last = Some(value);
+        last_ts = sample.ts;
+    }
+    let last = last?;
+    weighted += last * (end - last_ts) as f64;
+    Some((weighted / (end - first_ts) as f64, low, high, last))
+}
+
+impl Content {
+    /// The record's JSON text in the published key order (`revision`/`final` when given).
+    fn write(&self, buf: &mut Vec<u8>, device_id: &str, published: Option<(i64, bool)>) {
+        buf.push(b'{');
+        push_key(buf, "device_id");
+        push_str(buf, device_id);
+        buf.push(b',');
+        push_key(buf, "size");
+        push_i64(buf, self.size_s);
+        buf.push(b',');
+        push_key(buf, "window_start");
+        push_str(buf, &format_timestamp(self.start));
+        buf.push(b',');
+        push_key(buf, "window_end");
+        push_str(buf, &format_timestamp(self.end));
+        buf.push(b',');
+        push_key(buf, "energy_import_wh");
+        push_opt_f64(buf, self.energy[IMP]);
+        buf.push(b',');
+        push_key(buf, "energy_export_wh");
+        push_opt_f64(buf, self.energy[EXP]);
+        let power = self.power.map(|(m, lo, hi, l)| [m, lo, hi, l]);
+        for (i, name) in ["power_mean_w", "power_min_w", "power_max_w", "power_last_w"].iter().enumerate() {
+            buf.push(b',');
+            push_key(buf, name);
+            push_opt_f64(buf, power.map(|p| p[i]));
+        }
+        if !self.phases.is_empty() {
+            buf.push(b',');
+            push_key(buf, "phases");
+            self.write_phases(buf, false);
+        }
+        buf.push(b',');
+        push_key(buf, "samples");
+        push_i64(buf, self.samples as i64);
+        buf.push(b',');
+        push_key(buf, "resets");
+        push_i64(buf, self.resets);
+        buf.push(b',');
+        push_key(buf, "first_reading");
+        self.write_reading(buf, self.first_reading);
+        buf.push(b',');
+        push_key(buf, "last_reading");
+        self.write_reading(buf, self.last_reading);
+        if let Some((revision, is_final)) = published {
+            buf.push(b',');
+            push_key(buf, "revision");
+            push_i64(buf, revision);
+            buf.push(b',');
+            push_key(buf, "final");
+            buf.extend_from_slice(if is_final { b"true" } else { b"false" });
+        }
+        buf.push(b'}');
+    }
+
+    fn write_reading(&self, buf: &mut Vec<u8>, ts: Option<i64>) {
+        match ts {
+            Some(ts) => push_str(buf, &format_timestamp(ts)),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+
+    /// `{"l1": {...}, ...}`; the stats in published order or, for the digest, sorted.
+    fn write_phases(&self, buf: &mut Vec<u8>, sorted: bool) {
+        buf.push(b'{');
+        for (n, (name, (mean, low, high, last))) in self.phases.iter().enumerate() {
+            if n > 0 {
+                buf.push(b',');
+            }
+            push_key(buf, name);
+            let stats = if sorted {
+                [("last_w", last), ("max_w", high), ("mean_w", mean), ("min_w", low)]
+            } else {
+                [("mean_w", mean), ("min_w", low), ("max_w", high), ("last_w", last)]
+            };
+            buf.push(b'{');
+            for (i, (key, value)) in stats.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                push_key(buf, key);
+                push_f64(buf, **value);
+            }
+            buf.push(b'}');
+        }
+        buf.push(b'}');
+    }
+
+    /// blake2b-64 (hex) of the content's JSON with sorted keys, as the Python side computed
+    /// it (`orjson.dumps(content, option=OPT_SORT_KEYS)`): the stored revisions' digests
+    /// must stay comparable across versions.
+    fn digest(&self, device_id: &str) -> String {
+        let mut buf = Vec::with_capacity(512);
+        buf.push(b'{');
+        push_key(&mut buf, "device_id");
+        push_str(&mut buf, device_id);
+        buf.push(b',');
+        push_key(&mut buf, "energy_export_wh");
+        push_opt_f64(&mut buf, self.energy[EXP]);
+        buf.push(b',');
+        push_key(&mut buf, "energy_import_wh");
+        push_opt_f64(&mut buf, self.energy[IMP]);
+        buf.push(b',');
+        push_key(&mut buf, "first_reading");
+        self.write_reading(&mut buf, self.first_reading);
+        buf.push(b',');
+        push_key(&mut buf, "last_reading");
+        self.write_reading(&mut buf, self.last_reading);
+        if !self.phases.is_empty() {
+            buf.push(b',');
+            push_key(&mut buf, "phases");
+            self.write_phases(&mut buf, true);
+        }
+        let power = self.power.map(|(m, lo, hi, l)| [l, hi, m, lo]);
+        for (i, name) in ["power_last_w", "power_max_w", "power_mean_w", "power_min_w"].iter().enumerate() {
+            buf.push(b',');
+            push_key(&mut buf, name);
+            push_opt_f64(&mut buf, power.map(|p| p[i]));
+        }
+        buf.push(b',');
+        push_key(&mut buf, "resets");
+        push_i64(&mut buf, self.resets);
+        buf.push(b',');
+        push_key(&mut buf, "samples");
+        push_i64(&mut buf, self.samples as i64);
+        buf.push(b',');
+        push_key(&mut buf, "size");
+        push_i64(&mut buf, self.size_s);
+        buf.push(b',');
+        push_key(&mut buf, "window_end");
+        push_str(&mut buf, &format_timestamp(self.end));
+        buf.push(b',');
+        push_key(&mut buf, "window_start");
+        push_str(&mut buf, &format_timestamp(self.start));
+        buf.push(b'}');
+        let hash = Blake2b::<U8>::digest(&buf);
+        hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+// -- sorted-vector helpers ---------------------------------------------------------------------
+
+fn lower_bound(samples: &[Sample], ts: i64) -> usize {
+    samples.partition_point(|s| s.ts < ts)
+}
+
+fn bisect_left(values: &[i64], x: i64) -> usize {
+    values.partition_point(|v| *v < x)
+}
+
+fn bisect_right(values: &[i64], x: i64) -> usize {
+    values.partition_point(|v| *v <= x)
+}
+
+fn insort(values: &mut Vec<i64>, x: i64) {
+    let position = bisect_right(values, x);
+    values.insert(position, x);
+}
+
+// -- samples from Python -------------------------------------------------------------------------
+
+fn extract_samples(samples: &Bound<'_, PyAny>) -> PyResult<Vec<Sample>> {
+    if let Ok(readings) = samples.cast::<DeviceReadings>() {
+        return Ok(readings.borrow().samples().to_vec());
+    }
+    samples.try_iter()?.map(|item| sample_from_py(&item?)).collect()
+}
+
+/// A sample from any sequence (ts, import, export, power, l1, l2, l3): a tuple from the
+/// caller, a list from a stored head.
+fn sample_from_py(item: &Bound<'_, PyAny>) -> PyResult<Sample> {
+    if item.len()? != 7 {
+        return Err(PyValueError::new_err("a sample has 7 fields: ts, import, export, power, l1, l2, l3"));
+    }
+    let mut v = [None; 6];
+    for (i, slot) in v.iter_mut().enumerate() {
+        *slot = item.get_item(i + 1)?.extract()?;
+    }
+    Ok(Sample { ts: item.get_item(0)?.extract()?, v })
+}
+
+// -- the head's window keys ------------------------------------------------------------------------
+
+impl Head {
+    fn read(dict: &Bound<'_, PyDict>) -> PyResult<Head> {
+        let mut head = Head::default();
+        head.event_time = optional(dict, "event_time")?;
+        head.arrival = optional(dict, "arrival")?;
+        if let Some(chunks) = dict.get_item("chunks")? {
+            head.chunks = chunks.extract()?;
+        }
+        if let Some(pending) = dict.get_item("pending")? {
+            let pending = pending.cast::<PyDict>().map_err(
+                |_| PyTypeError::new_err("head[\"pending\"] must be a dict"))?;
+            for (label, starts) in pending.iter() {
+                head.pending.push((label.extract()?, starts.extract()?));
+            }
+        }
+        if let Some(anchors) = dict.get_item("anchors")? {
+            if !anchors.is_none() {
+                for (slot, name) in ["import", "export"].into_iter().enumerate() {
+                    if let Some(anchor) = anchors.get_item(name).ok().filter(|a| !a.is_none()) {
+                        head.anchors[slot] = Some((anchor.get_item(0)?.extract()?,
+                                                   anchor.get_item(1)?.extract()?));
+                    }
+                }
+            }
+        }
+        if let Some(latest) = dict.get_item("latest")? {
+            if !latest.is_none() {
+                head.latest = Some(sample_from_py(&latest)?);
+            }
+        }
+        Ok(head)
+    }
+
+    fn store(&self, py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<()> {
+        dict.set_item("event_time", self.event_time)?;
+        dict.set_item("arrival", self.arrival)?;
+        dict.set_item("chunks", PyList::new(py, &self.chunks)?)?;
+        let pending = PyDict::new(py);
+        for (label, starts) in &self.pending {
+            pending.set_item(PyString::new(py, label), PyList::new(py, starts)?)?;
+        }
+        dict.set_item("pending", pending)?;
+        let anchors = PyDict::new(py);
+        for (slot, name) in ["import", "export"].into_iter().enumerate() {
+            match self.anchors[slot] {
+                Some((ts, value)) => anchors.set_item(name, PyList::new(py, [ts.into_pyobject(py)?.into_any(), value.into_pyobject(py)?.into_any()])?)?,
+                None => anchors.set_item(name, py.None())?,
+            }
+        }
+        dict.set_item("anchors", anchors)?;
+        match &self.latest {
+            Some(sample) => dict.set_item("latest", sample_to_list(py, sample)?)?,
+            None => dict.set_item("latest", py.None())?,
+        }
+        Ok(())
+    }
+}
+
+fn optional(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<i64>> {
+    match dict.get_item(key)? {
+        Some(value) if !value.is_none() => Ok(Some(value.extract()?)),
+        _ => Ok(None),
+    }
+}
+
+fn sample_to_list<'py>(py: Python<'py>, sample: &Sample) -> PyResult<Bound<'py, PyList>> {
+    let mut items = vec![sample.ts.into_pyobject(py)?.into_any()];
+    for value in sample.v {
+        items.push(value.into_pyobject(py)?.into_any());
+    }
+    PyList::new(py, items)
+}
+
+// -- chunks as JSON ------------------------------------------------------------------------------
+
+fn chunk_json(chunk: &Chunk) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 + chunk.samples.len() * 64 + chunk.windows.len() * 48);
+    buf.extend_from_slice(b"{\"samples\":[");
+    for (n, sample) in chunk.samples.iter().enumerate() {
+        if n > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'[');
+        push_i64(&mut buf, sample.ts);
+        for value in sample.v {
+            buf.push(b',');
+            push_opt_f64(&mut buf, value);
+        }
+        buf.push(b']');
+    }
+    buf.extend_from_slice(b"],\"windows\":{");
+    for (n, meta) in chunk.windows.iter().enumerate() {
+        if n > 0 {
+            buf.push(b',');
+        }
+        buf.push(b'"');
+        push_i64(&mut buf, meta.size_s);
+        buf.push(b':');
+        push_i64(&mut buf, meta.start);
+        buf.extend_from_slice(b"\":[");
+        push_i64(&mut buf, meta.revision);
+        buf.push(b',');
+        push_str(&mut buf, &meta.digest);
+        buf.push(b']');
+    }
+    buf.extend_from_slice(b"}}");
+    buf
+}
+
+fn parse_chunk(raw: &[u8]) -> Result<Chunk, serde_json::Error> {
+    let stored: StoredChunk = serde_json::from_slice(raw)?;
+    Ok(Chunk {
+        samples: stored.samples.into_iter().map(|s| Sample { ts: s.0, v: [s.1, s.2, s.3, s.4, s.5, s.6] }).collect(),
+        windows: stored.windows.0,
+    })
+}
+
+type StoredSample = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+#[derive(Deserialize)]
+struct StoredChunk {
+    samples: Vec<StoredSample>,
+    windows: StoredMetas,
+}
+
+/// `{"size:start": [revision, digest], ...}` in the stored order.
+struct StoredMetas(Vec<Meta>);
+
+impl<'de> Deserialize<'de> for StoredMetas {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Metas;
+        impl<'de> Visitor<'de> for Metas {
+            type Value = StoredMetas;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of \"size:start\" to [revision, digest]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StoredMetas, A::Error> {
+                let mut metas = Vec::new();
+                while let Some((key, (revision, digest))) = map.next_entry::<String, (i64, String)>()? {
+                    let (size, start) = key.split_once(':')
+                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                        .ok_or_else(|| de::Error::custom(format!("window key {key:?}")))?;
+                    metas.push(Meta { size_s: size, start, revision, digest });
+                }
+                Ok(StoredMetas(metas))
+            }
+        }
+        deserializer.deserialize_map(Metas)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Windows>()?;
+    m.add_class::<Device>()?;
+    m.add_class::<Window>()?;
+    m.add_class::<Outcome>()?;
     Ok(())
 }

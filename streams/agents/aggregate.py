@@ -4,8 +4,9 @@ The readings come from the internal reading-batches topic: the ``meter.readings`
 as JSON arrays, one per readings partition per decode batch (see
 :mod:`streams.agents.decode`). A record holding a single reading object is accepted too.
 
-Faust glue around :mod:`streams.windows`. Per batch of events the agent groups readings
-by device, applies them (one state read and one write per device per batch), sweeps the
+Faust glue around :mod:`streams.windows` (the window math and the parsing of the reading
+records are native). Per batch of events the agent groups readings by device, applies
+them (one state read and one write per device per batch), sweeps the
 quiet devices of every partition a tick arrived for, sends the window records, waits
 until Kafka acknowledged them, then writes the new state and waits until its changelog
 records are in Kafka too, and only then lets Faust ack the batch. A crash can therefore
@@ -38,7 +39,15 @@ from faust.types import TP
 
 from streams import offline, reconcile
 from streams.agents.outbox import Outbox
-from streams.windows import US, Aggregator, Device, Outcome, Sample
+from streams.windows import (
+    US,
+    Aggregator,
+    Device,
+    DeviceReadings,
+    Outcome,
+    Window,
+    reading_parser,
+)
 
 if TYPE_CHECKING:
     from streams.app import Pipeline
@@ -51,8 +60,8 @@ _BATCH_WINDOW = 0.05
 TICK_KEY = b"\x00meterstream-tick"
 
 
-class TableStore(MutableMapping[str, Any]):
-    """A Faust table (raw bytes) seen as a mapping of str → JSON value.
+class TableStore(MutableMapping[str, bytes]):
+    """A Faust table of raw bytes seen as a mapping of str → bytes.
 
     Reads and writes go to the table's local store (RocksDB) of the current event's
     partition, as Faust's own table access does; the changelog records of the writes are
@@ -66,13 +75,14 @@ class TableStore(MutableMapping[str, Any]):
         self.table = table
         self.changes: list[tuple[int, bytes, bytes | None]] = []
 
-    def __getitem__(self, key: str) -> Any:
-        return orjson.loads(self.table.data[key.encode()])
+    def __getitem__(self, key: str) -> bytes:
+        raw: bytes = self.table.data[key.encode()]
+        return raw
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        raw_key, raw = key.encode(), orjson.dumps(value)
-        self.table.data[raw_key] = raw
-        self.changes.append((_event_partition(), raw_key, raw))
+    def __setitem__(self, key: str, value: bytes) -> None:
+        raw_key = key.encode()
+        self.table.data[raw_key] = value
+        self.changes.append((_event_partition(), raw_key, value))
 
     def __delitem__(self, key: str) -> None:
         raw_key = key.encode()
@@ -84,6 +94,28 @@ class TableStore(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+class JsonTableStore(MutableMapping[str, Any]):
+    """A :class:`TableStore` whose values are JSON documents."""
+
+    def __init__(self, raw: TableStore) -> None:
+        self.raw = raw
+
+    def __getitem__(self, key: str) -> Any:
+        return orjson.loads(self.raw[key])
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.raw[key] = orjson.dumps(value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.raw[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
 
 
 def _event_partition() -> int:
@@ -109,33 +141,6 @@ async def save_state(outbox: Outbox, stores: Iterable[TableStore]) -> None:
         tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
 
 
-class SplitStore(MutableMapping[str, Any]):
-    """Heads (``device``) and chunks (``device|start``) in two tables, so a sweep can
-    iterate the small heads without reading chunks."""
-
-    def __init__(self, heads: TableStore, chunks: TableStore) -> None:
-        self.heads, self.chunks = heads, chunks
-
-    def _of(self, key: str) -> TableStore:
-        return self.chunks if "|" in key else self.heads
-
-    def __getitem__(self, key: str) -> Any:
-        return self._of(key)[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._of(key)[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._of(key)[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self.heads
-        yield from self.chunks
-
-    def __len__(self) -> int:
-        return len(self.heads) + len(self.chunks)
-
-
 @contextlib.contextmanager
 def as_current(event: Any) -> Iterator[None]:
     """Make `event` Faust's current event while touching a device's state.
@@ -149,13 +154,6 @@ def as_current(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-def _received_us(record: dict[str, Any]) -> int | None:
-    text = record.get("received_at")
-    if not text:
-        return None
-    return _parse_received(text)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -173,32 +171,19 @@ class Batch:
     """Everything one batch of events changes, sent and written at its end."""
 
     now: int
-    outcome: Outcome = field(default_factory=Outcome)
+    emitted: list[Window] = field(default_factory=list)
+    duplicates: int = 0
+    revisions: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
     devices: dict[str, Device] = field(default_factory=dict)
     touched: list[tuple[Device, Any]] = field(default_factory=list)
-    late: list[tuple[dict[str, Any], Sample, str]] = field(default_factory=list)
-    rejected: list[tuple[Any, bytes, str]] = field(default_factory=list)
+    # (the device's readings, position of the late one, why)
+    late: list[tuple[DeviceReadings, int, str]] = field(default_factory=list)
 
-
-def group_readings(event: Any, by_device: dict[str, list[tuple[Any, dict[str, Any]]]]
-                   ) -> Iterator[tuple[bytes, str]]:
-    """Add the readings of a record (one reading or a JSON array of them) to `by_device`;
-    yield (bytes, reason) for what is not a reading."""
-    try:
-        value = orjson.loads(event.value)
-    except (orjson.JSONDecodeError, TypeError) as exc:
-        yield event.value or b"", f"not a meter.readings record nor a list of them: {exc}"
-        return
-    for record in value if isinstance(value, list) else [value]:
-        try:
-            by_device.setdefault(record["device_id"], []).append((event, record))
-        except (KeyError, TypeError) as exc:
-            yield orjson.dumps(record), f"not a meter.readings record: {exc!r}"
-
-
-def aggregate_key(record: dict[str, Any]) -> bytes:
-    return f"{record['device_id']}|{record['size']}|{record['window_start']}".encode()
+    def add(self, outcome: Outcome) -> None:
+        self.emitted += outcome.emitted
+        self.duplicates += outcome.duplicates
+        self.revisions += outcome.revisions
 
 
 def register(pipeline: Pipeline) -> Any:
@@ -210,10 +195,9 @@ def register(pipeline: Pipeline) -> Any:
                             partitions=settings.topic_partitions)
     chunks_table = app.Table("aggregate-chunks", key_type=bytes, value_type=bytes,
                              partitions=settings.topic_partitions)
-    heads = TableStore(heads_table)
-    stores = (heads, TableStore(chunks_table))
-    store = SplitStore(*stores)
-    aggregator = Aggregator(settings.window_config(), store)
+    stores = (TableStore(heads_table), TableStore(chunks_table))
+    aggregator = Aggregator(settings.window_config(), JsonTableStore(stores[0]), stores[1])
+    parser = reading_parser()
     pipeline.aggregator = aggregator
     pipeline.heads_table = heads_table
     source = app.topic(settings.topic_reading_batches, settings.topic_ticks, key_type=bytes,
@@ -227,29 +211,29 @@ def register(pipeline: Pipeline) -> Any:
         return int(pipeline.clock() * US)
 
     async def send_outcome(batch: Batch) -> None:
-        outcome = batch.outcome
         outbox = pipeline.outbox()
         kinds: collections.Counter[tuple[int, str]] = collections.Counter()
-        for record in outcome.emitted:
-            enriched = pipeline.enrich_aggregate(record)
-            start_s = _window_start_s(record)
+        for window in batch.emitted:
             outbox.add(
-                settings.topic_aggregates, orjson.dumps(enriched), key=aggregate_key(record),
-                device_id=record["device_id"], timestamp=start_s)
-            if not record["final"]:  # METERSTREAM_AGGREGATE_INTERIM
-                kinds[(record["size"], "interim")] += 1
+                settings.topic_aggregates,
+                pipeline.enrichment.annotate_json(window.device_id, window.json),
+                key=window.key, device_id=window.device_id, timestamp=window.start_us / US)
+            if not window.final:  # METERSTREAM_AGGREGATE_INTERIM
+                kinds[(window.size, "interim")] += 1
                 continue
-            kinds[(record["size"], "revision" if record["revision"] else "final")] += 1
+            kinds[(window.size, "revision" if window.revision else "final")] += 1
             pipeline.device_metrics.window(
-                record["device_id"], record["size"], int(start_s * US),
-                record["energy_import_wh"], record["energy_export_wh"])
+                window.device_id, window.size, window.start_us, window.energy_import_wh,
+                window.energy_export_wh)
         for (size, kind), count in kinds.items():
             window_counter(size, kind).inc(count)
-        for original, sample, reason in batch.late:
-            device = str(original["device_id"])
+        for readings, position, reason in batch.late:
+            original = orjson.loads(readings.record(position))
+            device = readings.device_id
             outbox.add(
                 settings.topic_late, orjson.dumps({**original, "late_reason": reason}),
-                key=device.encode(), device_id=device, timestamp=sample.ts / US)
+                key=device.encode(), device_id=device,
+                timestamp=int(original["timestamp_us"]) / US)
             log.info("late reading %s at %s: %s", device, original.get("timestamp"), reason)
         for alert in batch.alerts:
             enriched = pipeline.enrich_alert(alert)
@@ -260,36 +244,28 @@ def register(pipeline: Pipeline) -> Any:
             log.warning("alert for meter %s: %s %s", alert["device_id"], alert["state"].upper(),
                         {k: v for k, v in alert.items() if k not in ("device_id", "state")})
         metrics.late.inc(len(batch.late))
-        metrics.duplicates.inc(outcome.duplicates)
-        metrics.revisions.inc(outcome.revisions)
+        metrics.duplicates.inc(batch.duplicates)
+        metrics.revisions.inc(batch.revisions)
         # Records first, state second: see the module docstring.
         await outbox.confirm()
 
-    def apply_readings(batch: Batch, device_id: str,
-                       items: list[tuple[Any, dict[str, Any]]]) -> None:
-        event = items[-1][0]
+    def apply_readings(batch: Batch, readings: DeviceReadings, event: Any) -> None:
+        device_id = readings.device_id
         with as_current(event):
             device = aggregator.device(device_id)
         head = device.head
         head["partition"] = event.message.partition
-        samples = []
-        records: dict[int, dict[str, Any]] = {}
-        for item_event, record in items:
-            try:
-                samples.append(Sample.from_reading(record))
-            except (KeyError, TypeError, ValueError) as exc:
-                batch.rejected.append((item_event, orjson.dumps(record),
-                                       f"unusable reading: {exc}"))
-                continue
-            records[samples[-1].ts] = record
-            received = _received_us(record)
+        for text, count in readings.received:
+            received = _parse_received(text)
             if received is not None:
-                metrics.processing_lag.observe(max(0, batch.now - received) / US)
+                lag = max(0, batch.now - received) / US
+                for _ in range(count):
+                    metrics.processing_lag.observe(lag)
                 head["received"] = max(head.get("received") or 0, received)
         with as_current(event):
-            outcome = aggregator.apply(device, samples, batch.now)
-        batch.late += [(records[sample.ts], sample, reason) for sample, reason in outcome.late]
-        batch.outcome.merge(outcome)
+            outcome = aggregator.apply(device, readings, batch.now)
+        batch.late += [(readings, position, reason) for position, reason in outcome.late]
+        batch.add(outcome)
         meter = pipeline.meter(device_id)
         back = offline.seen(device_id, head, batch.now, meter,
                             pipeline.threshold(device_id, meter))
@@ -329,7 +305,7 @@ def register(pipeline: Pipeline) -> Any:
                 batch.devices[device_id] = device
                 batch.touched.append((device, tick))
             with as_current(tick):
-                batch.outcome.merge(aggregator.sweep(device, now))
+                batch.add(aggregator.sweep(device, now))
             gone = offline.check(device_id, device.head, now, threshold, meter)
             if gone is not None:
                 batch.alerts.append(gone)
@@ -361,33 +337,33 @@ def register(pipeline: Pipeline) -> Any:
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
-            by_device: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
-            ticks = []
+            records, ticks = [], []
             for event in events:
                 await check_offsets(event)
                 if event.message.topic == settings.topic_ticks or event.key == TICK_KEY:
                     ticks.append(event)
-                    continue
-                for body, reason in group_readings(event, by_device):
-                    await pipeline.reject_reading(event, body, reason)
+                else:
+                    records.append(event)
+            groups, rejected = parser.group([event.value or b"" for event in records])
+            for index, body, reason in rejected:
+                await pipeline.reject_reading(records[index], body, reason)
             batch = Batch(now=now_us())
-            for device_id, items in by_device.items():
-                apply_readings(batch, device_id, items)
+            for readings in groups:
+                apply_readings(batch, readings, records[readings.last_value])
             for tick in ticks:
                 sweep_partition(batch, tick)
-            for event, body, reason in batch.rejected:
-                await pipeline.reject_reading(event, body, reason)
             await send_outcome(batch)
-            for record in batch.outcome.emitted:
-                device = batch.devices.get(record["device_id"])
-                if device is not None and record["final"]:
-                    reconcile.fold(device.head, record, int(_window_start_s(record) * US))
+            for window in batch.emitted:
+                device = batch.devices.get(window.device_id)
+                if device is not None and window.final:
+                    reconcile.fold(device.head, window.size, window.start_us,
+                                   window.energy_import_wh, window.energy_export_wh)
             for device, event in batch.touched:
                 with as_current(event):
                     device.flush()
             if batch.touched:
                 await save_state(pipeline.outbox(), stores)
-            metrics.aggregated.inc(sum(len(items) for items in by_device.values()))
+            metrics.aggregated.inc(sum(len(readings) for readings in groups))
             metrics.ticks.inc(len(ticks))
 
     async def tick() -> None:
@@ -396,13 +372,3 @@ def register(pipeline: Pipeline) -> Any:
 
     app.timer(settings.sweep_interval, on_leader=True)(tick)
     return app.agent(source, name="aggregate")(aggregate)
-
-
-def _window_start_s(record: dict[str, Any]) -> float:
-    return _epoch_seconds(record["window_start"])
-
-
-@functools.lru_cache(maxsize=8192)
-def _epoch_seconds(text: str) -> float:
-    # Cached: every meter's windows start at the same few instants, parsed 3 times each.
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

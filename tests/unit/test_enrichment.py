@@ -72,8 +72,7 @@ def _day_head(day_start_us: int, hours: int, wh: float) -> dict:
     head: dict = {}
     for hour in range(hours):
         start = day_start_us + hour * 3_600_000_000
-        reconcile.fold(head, {"size": 3600, "energy_import_wh": wh, "energy_export_wh": 0.0},
-                       start)
+        reconcile.fold(head, 3600, start, wh, 0.0)
     return head
 
 

@@ -1,11 +1,13 @@
-"""Window math: each semantic rule, and random out-of-order traces against a reference
-computed independently (interpolated cumulative registers over the sorted readings)."""
+"""Window math (the native implementation behind streams.windows): each semantic rule, and
+random out-of-order traces against a reference computed independently (interpolated
+cumulative registers over the sorted readings)."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,33 +26,42 @@ class Run:
     window (what a compacted meter.aggregates topic would hold)."""
 
     def __init__(self, config: WindowConfig = CONFIG) -> None:
-        self.store: dict[str, Any] = {}
-        self.aggregator = Aggregator(config, self.store)
+        self.heads: dict[str, Any] = {}
+        self.chunks: dict[str, bytes] = {}
+        self.aggregator = Aggregator(config, self.heads, self.chunks)
         self.latest: dict[tuple[int, str], dict[str, Any]] = {}
         self.records: list[dict[str, Any]] = []
         self.late: list[Sample] = []
         self.duplicates = 0
 
+    @property
+    def store(self) -> dict[str, Any]:
+        """Every stored key and value (heads and chunks), as copies."""
+        return {**orjson.loads(orjson.dumps(self.heads)),
+                **{k: orjson.loads(v) for k, v in self.chunks.items()}}
+
     def feed(self, *samples: Sample, arrival: int | None = None) -> Outcome:
         device = self.aggregator.device("dev")
         outcome = self.aggregator.apply(device, samples, arrival or max(s.ts for s in samples))
         device.flush()
-        self._collect(outcome)
+        self._collect(outcome, samples)
         return outcome
 
     def sweep(self, now: int) -> Outcome:
         device = self.aggregator.device("dev")
         outcome = self.aggregator.sweep(device, now)
         device.flush()
-        self._collect(outcome)
+        self._collect(outcome, ())
         return outcome
 
-    def _collect(self, outcome: Outcome) -> None:
-        self.records += outcome.emitted
-        self.late += [s for s, _ in outcome.late]
+    def _collect(self, outcome: Outcome, samples: tuple[Sample, ...]) -> list[dict[str, Any]]:
+        records = [orjson.loads(window.json) for window in outcome.emitted]
+        self.records += records
+        self.late += [samples[position] for position, _ in outcome.late]
         self.duplicates += outcome.duplicates
-        for record in outcome.emitted:
+        for record in records:
             self.latest[(record["size"], record["window_start"])] = record
+        return records
 
     def window(self, size: int, start: int) -> dict[str, Any]:
         return self.latest[(size, format_timestamp(start))]
@@ -160,9 +171,14 @@ def test_too_late_readings_are_reported_not_applied() -> None:
     run.feed(s(0, imp=0.0), s(7 * 60, imp=100.0))
     before = dict(run.store)
     outcome = run.feed(s(30, imp=50.0))  # 6.5 h behind the device's event time
-    assert [x.ts for x, _ in outcome.late] == [s(30).ts]
+    assert [position for position, _ in outcome.late] == [0]
+    assert run.late == [s(30, imp=50.0)]
     assert "allowed lateness" in outcome.late[0][1]
-    assert outcome.emitted == [] and run.store == before
+    assert outcome.emitted == []
+    after = run.store
+    # Only the arrival moved: the device did send something.
+    assert after["dev"].pop("arrival") != before["dev"].pop("arrival")
+    assert after == before
 
 
 def test_readings_without_a_register_do_not_break_its_energy() -> None:
@@ -204,11 +220,12 @@ def test_quiet_device_windows_are_finalized_by_the_wall_clock_sweep() -> None:
     run.feed(s(0, imp=0.0), s(0.5, imp=10.0), arrival=T0 + MIN)
     assert run.sweep(now=T0 + 3 * MIN).emitted == []  # still within grace
     outcome = run.sweep(now=T0 + 61 * MIN)
-    assert {(r["size"], r["window_start"]) for r in outcome.emitted} == {
+    assert {(w.size, w.start_us) for w in outcome.emitted} == {(60, T0), (900, T0)}
+    assert {(r["size"], r["window_start"]) for r in run.records} == {
         (60, "2023-11-14T22:00:00Z"), (900, "2023-11-14T22:00:00Z")}
     assert run.window(60, T0)["energy_import_wh"] == pytest.approx(10.0)
     later = run.sweep(now=T0 + 70 * MIN)
-    assert [r["size"] for r in later.emitted] == [3600]
+    assert [w.size for w in later.emitted] == [3600]
     # It sends again: the interval across the silence revises the swept window.
     run.feed(s(90, imp=100.0), arrival=T0 + 91 * MIN)
     assert run.window(60, T0)["revision"] == 1

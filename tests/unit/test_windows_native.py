@@ -1,0 +1,160 @@
+"""The native window aggregation against the plain-Python model (tests/windows_model.py),
+operation by operation on random traces: the same records (byte for byte), the same late
+readings with the same reasons, the same counters and the same stored state. Traces mix
+duplicates (also conflicting ones), register resets, missing registers, phases, readings
+later than the allowed lateness, wall-clock sweeps, random batch cuts and window
+configurations."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.windows import US, Aggregator, Sample, WindowConfig
+from tests import windows_model
+
+T0 = 1_699_999_200 * US
+DEVICES = ("dev-a", "dev-b")
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> WindowConfig:
+    sizes = draw(st.lists(st.sampled_from([30, 60, 120, 300, 900, 3600]), min_size=1,
+                          max_size=4))
+    grace = draw(st.sampled_from([0, 60, 300]))
+    lateness = draw(st.sampled_from([grace, 3600, 6 * 3600]))
+    chunk = draw(st.sampled_from([300, 900, 3600]))
+    return WindowConfig(sizes=tuple(sizes), grace=grace, allowed_lateness=max(lateness, grace),
+                        chunk=chunk, emit_interim=draw(st.booleans()))
+
+
+def _value(rng: random.Random, present: float) -> float | None:
+    return None if rng.random() > present else round(rng.uniform(0, 5000), rng.randint(0, 3))
+
+
+def trace(rng: random.Random, count: int) -> list[Sample]:
+    samples: list[Sample] = []
+    ts, imp, exp = T0 + rng.randint(0, 3600) * US, 1000.0, 50.0
+    for _ in range(count):
+        ts += rng.choice([1, 15, 60, 60, 60, 300, 900, 3 * 3600]) * US
+        imp = rng.uniform(0, 10) if rng.random() < 0.04 else imp + rng.uniform(0, 50)
+        exp += rng.choice([0.0, 0.0, 1.5])
+        samples.append(Sample(
+            ts,
+            imp if rng.random() < 0.8 else None,
+            exp if rng.random() < 0.5 else None,
+            _value(rng, 0.7), _value(rng, 0.2), _value(rng, 0.2), _value(rng, 0.1)))
+    return samples
+
+
+class Both:
+    """The model and the native implementation, fed the same operations."""
+
+    def __init__(self, config: WindowConfig) -> None:
+        self.model_store: dict[str, Any] = {}
+        self.model = windows_model.Aggregator(config, self.model_store)
+        self.heads: dict[str, Any] = {}
+        self.chunks: dict[str, bytes] = {}
+        self.native = Aggregator(config, self.heads, self.chunks)
+
+    def apply(self, device_id: str, samples: list[Sample], arrival: int) -> None:
+        model_device = self.model.device(device_id)
+        expected = self.model.apply(model_device, samples, arrival)
+        model_device.flush()
+        native_device = self.native.device(device_id)
+        got = self.native.apply(native_device, samples, arrival)
+        native_device.flush()
+        assert [samples[i] for i, _ in got.late] == [s for s, _ in expected.late]
+        assert [reason for _, reason in got.late] == [reason for _, reason in expected.late]
+        self._same(expected, got)
+
+    def sweep(self, device_id: str, now: int) -> None:
+        model_device = self.model.device(device_id)
+        native_device = self.native.device(device_id)
+        assert self.native.due(native_device.head, now) == self.model.due(
+            model_device.head, now)
+        expected = self.model.sweep(model_device, now)
+        model_device.flush()
+        got = self.native.sweep(native_device, now)
+        native_device.flush()
+        self._same(expected, got)
+
+    def _same(self, expected: windows_model.Outcome, got: Any) -> None:
+        assert [w.json for w in got.emitted] == [orjson.dumps(r) for r in expected.emitted]
+        for window, record in zip(got.emitted, expected.emitted, strict=True):
+            assert (window.device_id, window.size, window.revision, window.final) == (
+                record["device_id"], record["size"], record["revision"], record["final"])
+            assert window.key == (f"{record['device_id']}|{record['size']}|"
+                                  f"{record['window_start']}").encode()
+        assert (got.duplicates, got.conflicting_duplicates, got.revisions, got.finals) == (
+            expected.duplicates, expected.conflicting_duplicates, expected.revisions,
+            expected.finals)
+        self.same_state()
+
+    def same_state(self) -> None:
+        model_heads = {k: v for k, v in self.model_store.items() if "|" not in k}
+        model_chunks = {k: v for k, v in self.model_store.items() if "|" in k}
+        assert orjson.dumps(self.heads) == orjson.dumps(model_heads)
+        assert self.chunks == {k: orjson.dumps(v) for k, v in model_chunks.items()}
+        for device_id in self.heads:
+            assert self.native.open_windows(self.native.device(device_id)) == list(
+                self.model.open_windows(self.model.device(device_id)))
+
+
+@settings(max_examples=120, deadline=None)
+@given(configs(), st.randoms(use_true_random=False), st.integers(1, 80))
+def test_native_equals_the_model_on_random_operations(
+    config: WindowConfig, rng: random.Random, count: int
+) -> None:
+    both = Both(config)
+    readings = [(device, sample) for device in DEVICES for sample in trace(rng, count)]
+    readings += rng.sample(readings, len(readings) // 10)  # retries: exact duplicates
+    for device, sample in rng.sample(readings, len(readings) // 20):  # conflicting ones
+        readings.append((device, sample._replace(power=(sample.power or 0.0) + 1.0)))
+    # Arrival order: shuffled within up to 8 h, so some are later than the allowed lateness.
+    readings.sort(key=lambda item: item[1].ts + rng.randint(0, 8 * 3600) * US)
+    clock = T0
+    position = 0
+    while position < len(readings):
+        cut = readings[position:position + rng.randint(1, 12)]
+        position += len(cut)
+        clock = max(clock, *(s.ts for _, s in cut)) + rng.randint(0, 120) * US
+        for device in DEVICES:
+            samples = [s for d, s in cut if d == device]
+            if samples:
+                both.apply(device, samples, clock)
+        if rng.random() < 0.3:
+            clock += rng.choice([10, 300, 3600, 8 * 3600]) * US
+            for device in DEVICES:
+                both.sweep(device, clock)
+    for device in DEVICES:
+        both.sweep(device, clock + 48 * 3600 * US)
+
+
+def test_window_content_equals_the_model_on_edge_windows() -> None:
+    """Single samples, empty windows, resets at the edges, neighbours from anchors."""
+    config = WindowConfig()
+    native = Aggregator(config, {}, {})._native
+    rng = random.Random(7)
+    for _ in range(3000):
+        samples = sorted(trace(rng, rng.randint(0, 6)), key=lambda s: s.ts)
+        start = T0 + rng.randint(-2, 40) * 60 * US
+        size = rng.choice([60, 900, 3600])
+        inside = [s for s in samples if start <= s.ts < start + size * US]
+        before = tuple(next((s for s in reversed(samples) if s.ts < start and s[i] is not None),
+                            None) for i in (1, 2))
+        after = tuple(next((s for s in samples if s.ts >= start + size * US
+                            and s[i] is not None), None) for i in (1, 2))
+        expected = windows_model.window_content("dev", size, start, [list(s) for s in inside],
+                                                (before[0] and list(before[0]),
+                                                 before[1] and list(before[1])),
+                                                (after[0] and list(after[0]),
+                                                 after[1] and list(after[1])))
+        text, digest = native.window_content("dev", size, start, inside,
+                                             (before[0], before[1]), (after[0], after[1]))
+        assert text == orjson.dumps(expected)
+        assert digest == windows_model.digest(expected)
