@@ -145,10 +145,11 @@ class Decoder:
                 extra = orjson.dumps(fields)[1:-1]
             except orjson.JSONEncodeError:
                 extra = None  # the reference path raises it, or has no reading to write
-            # Bounds clamped to the datetime range: the same outcome, and they fit an i64.
-            fast = None if extra is None else self._native.records(
-                body, extra, min(max(earliest_us, _MIN_US), _MAX_US + 1),
-                max(min(latest_us, _MAX_US), _MIN_US - 1))
+            lo, hi = earliest_us, latest_us
+            if not (_MIN_US <= lo <= _MAX_US and _MIN_US <= hi <= _MAX_US):
+                # Clamped to the datetime range: the same outcome, and they fit an i64.
+                lo, hi = min(max(lo, _MIN_US), _MAX_US + 1), max(min(hi, _MAX_US), _MIN_US - 1)
+            fast = None if extra is None else self._native.records(body, extra, lo, hi)
             if fast is not None:
                 return fast
             self.fallbacks += 1

@@ -14,13 +14,14 @@ well below the readings it could aggregate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from streams.codec import DecodeError, Reading, reading_json
+from streams.codec import DecodeError, Reading, ReadingRecord, reading_json
 
 if TYPE_CHECKING:
+    from streams.agents.outbox import Outbox
     from streams.app import Pipeline
 
 _BATCH_WINDOW = 0.05  # seconds the decoder waits to fill a batch
@@ -65,6 +66,23 @@ def batch_values(records: list[bytes], limit: int = BATCH_RECORD_BYTES) -> Itera
         yield b"[" + b",".join(chunk) + b"]"
 
 
+def queue_readings(outbox: Outbox, topic: str, readings: list[ReadingRecord],
+                   headers: dict[str, bytes], grouped: dict[int, list[bytes]],
+                   partition_of: Callable[[str], int | None]) -> None:
+    """Queue a body's records for `topic` and collect them in `grouped`, per partition of
+    their device's reading batches."""
+    outbox.add_device_records(topic, readings, headers)
+    # Per reading only what cannot be done per device: a body's readings are mostly one
+    # device's, in a row.
+    last_device = None
+    batch: list[bytes] = []
+    for device_id, _, record in readings:
+        if device_id != last_device:
+            last_device = device_id
+            batch = grouped.setdefault(partition_of(device_id) or 0, [])
+        batch.append(record)
+
+
 def register(pipeline: Pipeline) -> Any:
     settings = pipeline.settings
     decoder = pipeline.decoder
@@ -88,16 +106,8 @@ def register(pipeline: Pipeline) -> Any:
                     continue
                 passthrough: dict[str, bytes] = {
                     k: origin[k] for k in ("source", "request-id") if k in origin}
-                outbox.add_device_records(settings.topic_readings, readings, passthrough)
-                # Per reading only what cannot be done per device: a body's readings are
-                # mostly one device's, in a row.
-                last_device = None
-                batch: list[bytes] = []
-                for device_id, _, record in readings:
-                    if device_id != last_device:
-                        last_device = device_id
-                        batch = grouped.setdefault(pipeline.partition_of(device_id) or 0, [])
-                    batch.append(record)
+                queue_readings(outbox, settings.topic_readings, readings, passthrough, grouped,
+                               pipeline.partition_of)
                 metrics.bodies.inc()
                 metrics.readings.inc(len(readings))
             for partition, records in grouped.items():
