@@ -1,12 +1,20 @@
-"""Decoder readings/s next to a bare protobuf ParseFromString loop over the same bodies."""
+"""Decoder readings/s next to a bare protobuf ParseFromString loop over the same bodies:
+bodies → Readings (the CLI's path), and bodies → ``meter.readings`` records
+(:meth:`Decoder.records`, the decode agent's path) by the compiled decoder and by the
+Python one it falls back to. Then the decode agent's whole per-reading work without Kafka
+(records, outbox, partition grouping) next to the compiled decoder alone."""
 
 from __future__ import annotations
 
 import struct
 import time
 import uuid
+from collections.abc import Callable
 
 from bench.common import REPEATS, Row, median, report
+from streams import simulate
+from streams.agents.decode import batch_values, origin_fields, queue_readings
+from streams.agents.outbox import Outbox
 from streams.codec import Decoder
 from streams.protos_gen import smartme_realtime_pb2 as pb
 
@@ -14,6 +22,9 @@ SEED = bytes.fromhex(
     "0A5A0A1209E9FCD03B8E9F834111B3D10C1622A22CA1120B08C0C9EAD3A98FE93710051A110A060100010800FF"
     "11333333331FAE3C411A110A060100020800FF1100000000000000001A110A060100010700FF11713D0AD7A3303840"
 )
+ORIGIN = {"source": b"cloud", "request-id": b"abc123", "received-at": b"2026-11-22T00:00:00Z"}
+EARLIEST_US, LATEST_US = 946_684_800_000_000, 2**62  # the vectors are from 2019
+AGENT_DEVICES, PER_BODY = 500, 10  # as bench/aggregate_bench.py's backlog
 
 
 def batch_body(items: int) -> bytes:
@@ -32,30 +43,122 @@ def batch_body(items: int) -> bytes:
     return message.SerializeToString()
 
 
-def _rate(fn: object, bodies: list[bytes], readings_per_body: int, seconds: float = 1.5) -> float:
-    call = fn  # type: ignore[assignment]
+def _rate(fn: Callable[[bytes], object], bodies: list[bytes], readings_per_call: int,
+          seconds: float = 1.5) -> float:
     done = 0
     began = time.perf_counter()
     while time.perf_counter() - began < seconds:
         for body in bodies:
-            call(body)  # type: ignore[operator]
+            fn(body)
         done += len(bodies)
-    return done * readings_per_body / (time.perf_counter() - began)
+    return done * readings_per_call / (time.perf_counter() - began)
 
 
 def _parse_only(body: bytes) -> None:
     pb.DeviceDataArray().ParseFromString(body)
 
 
-def run() -> None:
+def _decoder_rows() -> list[Row]:
     decoder = Decoder()
+    fields = origin_fields(ORIGIN)
+
+    def native(body: bytes) -> object:
+        return decoder.records(body, fields, EARLIEST_US, LATEST_US)
+
+    def python(body: bytes) -> object:
+        return decoder.records(body, fields, EARLIEST_US, LATEST_US, native=False)
+
     rows = []
-    for label, body, per_body in (("seed body (1 reading, 3 values)", SEED, 1),
-                                  ("batch body (100 readings, 6 values)", batch_body(100), 100)):
-        ours, ceiling = [], []
+    for label, body, per_body in (("seed body (1×3 values)", SEED, 1),
+                                  ("batch body (100×6 values)", batch_body(100), 100)):
+        paths: dict[str, list[float]] = {"decode": [], "records compiled": [],
+                                         "records Python": []}
+        ceiling = []
         for _ in range(REPEATS):
             ceiling.append(_rate(_parse_only, [body] * 100, per_body))
-            ours.append(_rate(decoder.decode, [body] * 100, per_body))
-        rows.append(Row(f"decode {label}", median(ours), "readings/s",
-                        "ParseFromString", median(ceiling)))
-    report("Decoder vs bare protobuf parsing", rows)
+            paths["decode"].append(_rate(decoder.decode, [body] * 100, per_body))
+            paths["records compiled"].append(_rate(native, [body] * 100, per_body))
+            paths["records Python"].append(_rate(python, [body] * 100, per_body))
+        assert decoder.fallbacks == 0, "the compiled decoder left a benchmark body to Python"
+        for path, rates in paths.items():
+            rows.append(Row(f"{path}, {label}", median(rates), "readings/s",
+                            "ParseFromString", median(ceiling)))
+    return rows
+
+
+def _agent_bodies() -> list[bytes]:
+    """One upload of PER_BODY readings per meter, as a meter's buffered upload."""
+    start_us = int(time.time() // 3600 * 3600 - 3 * 86400) * 1_000_000
+    trace = simulate.Fleet(AGENT_DEVICES, seed=3).trace(start_us, PER_BODY * 60, 60)
+    by_device: dict[str, list[simulate.TraceReading]] = {}
+    for reading in trace:
+        by_device.setdefault(reading.device_id, []).append(reading)
+    return [simulate.body(readings[:PER_BODY]) for readings in by_device.values()]
+
+
+def _agent_loop(decoder: Decoder, bodies: list[bytes], native: bool) -> Callable[[], None]:
+    """One batch of the decode agent's loop (streams/agents/decode.py) minus Kafka and
+    Faust: partitions come from a dict as the producer's cached ones do."""
+    cached: dict[tuple[str, str], int] = {}
+
+    def partition(topic: str, device_id: str) -> int:
+        found = cached.get((topic, device_id))
+        if found is None:
+            found = cached[(topic, device_id)] = hash(device_id) % 6
+        return found
+
+    def partition_for(topic: str, key: bytes | None, device_id: str | None) -> int:
+        return partition(topic, device_id or "")
+
+    def partition_of(device_id: str) -> int:
+        return partition("meter.reading-batches", device_id)
+
+    async def never(topic: str) -> None:
+        raise AssertionError(topic)
+
+    passthrough = {k: ORIGIN[k] for k in ("source", "request-id")}
+
+    def loop() -> None:
+        outbox = Outbox(None, partition_for, never, None)  # type: ignore[arg-type]
+        grouped: dict[int, list[bytes]] = {}
+        for body in bodies:
+            readings = decoder.records(body, origin_fields(ORIGIN), EARLIEST_US, LATEST_US,
+                                       native=native)
+            queue_readings(outbox, "meter.readings", readings, passthrough, grouped,
+                           partition_of)
+        for number, records in grouped.items():
+            for value in batch_values(records):
+                outbox.add("meter.reading-batches", value, partition=number)
+
+    return loop
+
+
+def _agent_rows() -> list[Row]:
+    decoder = Decoder()
+    bodies = _agent_bodies()
+    readings = sum(len(decoder.decode(body)) for body in bodies)
+    fields = origin_fields(ORIGIN)
+    compiled, python = _agent_loop(decoder, bodies, True), _agent_loop(decoder, bodies, False)
+
+    def records_only(_: bytes) -> None:
+        for body in bodies:
+            decoder.records(body, fields, EARLIEST_US, LATEST_US)
+
+    loops: dict[str, list[float]] = {"agent loop, compiled decoder": [],
+                                     "agent loop, Python decoder": []}
+    ceiling = []
+    for _ in range(REPEATS):
+        ceiling.append(_rate(records_only, [b""], readings))
+        loops["agent loop, compiled decoder"].append(_rate(lambda _: compiled(), [b""],
+                                                           readings))
+        loops["agent loop, Python decoder"].append(
+            _rate(lambda _: python(), [b""], readings))
+    note = f"({len(bodies)} bodies of {PER_BODY} readings)"
+    return [Row(name, median(rates), "readings/s", "records alone", median(ceiling), note)
+            for name, rates in loops.items()]
+
+
+def run() -> None:
+    report("Decoder vs bare protobuf parsing", _decoder_rows())
+    report("Decode agent's per-reading work, no Kafka, vs the compiled decoder alone",
+           _agent_rows())

@@ -10,6 +10,20 @@ def format_timestamp(timestamp_us: int) -> str: ...
 
 # -- decoding (native/src/decode.rs) ---------------------------------------------------------
 
+@final
+class RecordDecoder:
+    """Webhook bodies → ``(device_id, timestamp_us, record)`` for the plain case; see
+    streams.codec.Decoder.records, its only user."""
+
+    def __init__(
+        self,
+        obis_info: Callable[[bytes], tuple[str, str, str | None, float] | None],
+        cache_limit: int,
+    ) -> None: ...
+    def records(
+        self, body: bytes, extra: bytes, earliest_us: int, latest_us: int
+    ) -> list[tuple[str, int, bytes]] | None: ...
+
 # -- window aggregation (native/src/readings.rs, native/src/windows.rs) ----------------------
 
 @final

@@ -13,6 +13,11 @@ Conventions (documented in the README):
   (DateTime.MinValue / MaxValue) is not a reading time and is rejected.
 * values: the OBIS code in ``A-B:C.D.E*F`` form, the raw double, the quantity name and
   the value normalised by the configured per-OBIS scale.
+
+:meth:`Decoder.records` goes from a body straight to the ``meter.readings`` record values.
+The compiled decoder (``streams._native``, native/src/decode.rs) writes them for the
+plain, well-formed body and hands every other body back to the Python decoder here, which
+is the reference: records and error reasons are the same whichever side decoded a body.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from streams import obis
+import orjson
+
+from streams import _native, obis
 from streams.protos_gen import smartme_realtime_pb2 as pb
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -41,6 +48,12 @@ _MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
 _MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // timedelta(
     microseconds=1)
 _CACHE_LIMIT = 100_000
+# The keys of a reading's JSON object: extra fields must not collide with them.
+_READING_KEYS = frozenset(("device_id", "timestamp", "timestamp_us", "values"))
+
+# A ``meter.readings`` value with what the agent needs next to it: (device id, reading time
+# in µs since the Unix epoch, the record's JSON bytes).
+ReadingRecord = tuple[str, int, bytes]
 
 
 class DecodeError(ValueError):
@@ -115,6 +128,34 @@ class Decoder:
         self._zone = ZoneInfo(local_timezone)
         self._obis_cache: dict[bytes, _ObisInfo] = {}
         self._guid_cache: dict[tuple[int, int], str] = {}
+        self._native = _native.RecordDecoder(self._native_obis, _CACHE_LIMIT)
+        self.fallbacks = 0  # bodies the compiled decoder left to this one
+
+    def records(self, body: bytes, fields: dict[str, str | None], earliest_us: int,
+                latest_us: int, *, native: bool = True) -> list[ReadingRecord]:
+        """The body's readings as ``meter.readings`` values: each reading's JSON object
+        (:meth:`Reading.to_dict`) followed by `fields`, one per DeviceData in payload order.
+
+        Raises :class:`DecodeError` exactly as :meth:`decode` and then
+        :func:`check_plausible` with the given bounds would. `native=False` skips the
+        compiled decoder (the reference, for tests and benchmarks).
+        """
+        if native and _READING_KEYS.isdisjoint(fields):
+            try:
+                extra = orjson.dumps(fields)[1:-1]
+            except orjson.JSONEncodeError:
+                extra = None  # the reference path raises it, or has no reading to write
+            lo, hi = earliest_us, latest_us
+            if not (_MIN_US <= lo <= _MAX_US and _MIN_US <= hi <= _MAX_US):
+                # Clamped to the datetime range: the same outcome, and they fit an i64.
+                lo, hi = min(max(lo, _MIN_US), _MAX_US + 1), max(min(hi, _MAX_US), _MIN_US - 1)
+            fast = None if extra is None else self._native.records(body, extra, lo, hi)
+            if fast is not None:
+                return fast
+            self.fallbacks += 1
+        readings = self.decode(body)
+        check_plausible(readings, earliest_us, latest_us)
+        return [(r.device_id, r.timestamp_us, reading_json(r, fields)) for r in readings]
 
     def decode(self, body: bytes) -> list[Reading]:
         message = pb.DeviceDataArray()
@@ -205,6 +246,24 @@ class Decoder:
             if len(self._obis_cache) < _CACHE_LIMIT:
                 self._obis_cache[raw] = info
         return info
+
+    def _native_obis(self, raw: bytes) -> tuple[str, str, str | None, float] | None:
+        """What the compiled decoder needs about an OBIS code, or None to leave values
+        with this code to :meth:`decode` (it raises the error)."""
+        try:
+            info = self._obis(raw)
+        except DecodeError:
+            return None
+        # A scale configured as another number type is multiplied by Python alone, so
+        # that its conversion (and its errors) stay Python's.
+        if type(info.scale) is not float:
+            return None
+        return info.text, info.quantity, info.unit, info.scale
+
+
+def reading_json(reading: Reading, fields: Mapping[str, str | None]) -> bytes:
+    """A reading's JSON object followed by `fields`: a ``meter.readings`` value."""
+    return orjson.dumps({**reading.to_dict(), **fields})
 
 
 def check_plausible(readings: list[Reading], earliest_us: int, latest_us: int) -> None:

@@ -14,15 +14,14 @@ well below the readings it could aggregate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from streams.codec import DecodeError, Reading, check_plausible
+from streams.codec import DecodeError, Reading, ReadingRecord, reading_json
 
 if TYPE_CHECKING:
+    from streams.agents.outbox import Outbox
     from streams.app import Pipeline
 
 _BATCH_WINDOW = 0.05  # seconds the decoder waits to fill a batch
@@ -42,11 +41,7 @@ def header_map(headers: Any) -> dict[str, bytes]:
 
 def reading_record(reading: Reading, origin: Mapping[str, bytes]) -> bytes:
     """The ``meter.readings`` value: the reading plus where and when it came in."""
-    return _record(reading, origin_fields(origin))
-
-
-def _record(reading: Reading, fields: dict[str, str | None]) -> bytes:
-    return orjson.dumps({**reading.to_dict(), **fields})
+    return reading_json(reading, origin_fields(origin))
 
 
 def origin_fields(headers: Mapping[str, bytes]) -> dict[str, str | None]:
@@ -71,6 +66,23 @@ def batch_values(records: list[bytes], limit: int = BATCH_RECORD_BYTES) -> Itera
         yield b"[" + b",".join(chunk) + b"]"
 
 
+def queue_readings(outbox: Outbox, topic: str, readings: list[ReadingRecord],
+                   headers: dict[str, bytes], grouped: dict[int, list[bytes]],
+                   partition_of: Callable[[str], int | None]) -> None:
+    """Queue a body's records for `topic` and collect them in `grouped`, per partition of
+    their device's reading batches."""
+    outbox.add_device_records(topic, readings, headers)
+    # Per reading only what cannot be done per device: a body's readings are mostly one
+    # device's, in a row.
+    last_device = None
+    batch: list[bytes] = []
+    for device_id, _, record in readings:
+        if device_id != last_device:
+            last_device = device_id
+            batch = grouped.setdefault(partition_of(device_id) or 0, [])
+        batch.append(record)
+
+
 def register(pipeline: Pipeline) -> Any:
     settings = pipeline.settings
     decoder = pipeline.decoder
@@ -87,24 +99,15 @@ def register(pipeline: Pipeline) -> Any:
                 body = event.value if event.value is not None else b""
                 origin = header_map(event.headers)
                 try:
-                    readings = decoder.decode(body)
                     latest_us = int((pipeline.clock() + settings.max_clock_skew) * 1_000_000)
-                    check_plausible(readings, min_us, latest_us)
+                    readings = decoder.records(body, origin_fields(origin), min_us, latest_us)
                 except DecodeError as exc:
                     await pipeline.dead_letter(event, body, exc.reason, origin)
                     continue
                 passthrough: dict[str, bytes] = {
                     k: origin[k] for k in ("source", "request-id") if k in origin}
-                fields = origin_fields(origin)  # the same for every reading of the body
-                for reading in readings:
-                    record = _record(reading, fields)
-                    outbox.add(
-                        settings.topic_readings, record,
-                        key=reading.device_id.encode(), device_id=reading.device_id,
-                        timestamp=reading.timestamp_us / 1_000_000, headers=passthrough,
-                    )
-                    partition = pipeline.partition_of(reading.device_id) or 0
-                    grouped.setdefault(partition, []).append(record)
+                queue_readings(outbox, settings.topic_readings, readings, passthrough, grouped,
+                               pipeline.partition_of)
                 metrics.bodies.inc()
                 metrics.readings.inc(len(readings))
             for partition, records in grouped.items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
 from prometheus_client import Counter
@@ -74,6 +74,38 @@ class Outbox:
             self._unplaced.append((topic, key, device_id, record))
             return
         self._place(topic, partition, record)
+
+    def add_device_records(self, topic: str, records: Iterable[tuple[str, int, bytes]],
+                           headers: dict[str, bytes] | None = None) -> None:
+        """Queue `(device_id, timestamp_us, value)` records, each as
+        ``add(topic, value, key=device_id.encode(), device_id=device_id,
+        timestamp=timestamp_us / 1_000_000, headers=headers)`` would, at a fraction of
+        the cost per record: a reading body's records are added this way."""
+        partition_for = self._partition_for
+        # Shared by the records: nothing changes a record's headers once queued.
+        header_list = list(headers.items()) if headers else []
+        last_device: str | None = None
+        key = b""
+        partition: int | None = None
+        queue: list[Record] = []
+        for device_id, timestamp_us, value in records:
+            # A body's readings are mostly one device's, in a row: one lookup for them.
+            if device_id != last_device:
+                last_device, key = device_id, device_id.encode()
+                partition = partition_for(topic, key, device_id)
+                queue = self._queue(topic, partition) if partition is not None else []
+            seconds = timestamp_us / 1_000_000  # the same float arithmetic as add()
+            record = Record(key, value, int(seconds * 1000) if seconds else None, header_list)
+            if partition is None:
+                self._unplaced.append((topic, key, device_id, record))
+            else:
+                queue.append(record)
+
+    def _queue(self, topic: str, partition: int) -> list[Record]:
+        records = self._pending.get((topic, partition))
+        if records is None:
+            records = self._pending[(topic, partition)] = []
+        return records
 
     def _place(self, topic: str, partition: int, record: Record) -> None:
         records = self._pending.get((topic, partition))
