@@ -6,10 +6,11 @@ import os
 import platform
 import sys
 
-from bench import aggregate_bench, bridge_bench, codec_bench, scale_bench
+from bench import aggregate_bench, bridge_bench, codec_bench, metrics_bench, scale_bench
 
 BENCHES = {"codec": codec_bench.run, "bridge": bridge_bench.run,
-           "aggregate": aggregate_bench.run, "scale": scale_bench.run}
+           "aggregate": aggregate_bench.run, "scale": scale_bench.run,
+           "metrics": metrics_bench.run}
 
 
 def main() -> None:

@@ -8,12 +8,11 @@ import gc
 import logging
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 
 from streams.app import Pipeline
 from streams.config import Settings
 from streams.logs import throttle_client_logs
-from streams.metrics import conform_faust_metrics
+from streams.metrics import conform_faust_metrics, setup_prometheus
 from streams.topics import ensure_topics, topic_specs
 
 # A busy worker allocates millions of short-lived dicts (readings, window records, state);
@@ -32,8 +31,7 @@ def run(settings: Settings) -> int:
     # join its group while a topic it subscribes to is still being created.
     loop.run_until_complete(ensure_topics(
         settings.kafka_bootstrap, topic_specs(settings) + pipeline.internal_specs()))
-    setup_prometheus_sensors(pipeline.app, registry=pipeline.registry,
-                             name_prefix="meterstream_faust")
+    setup_prometheus(pipeline.app, pipeline.device_metrics, name_prefix="meterstream_faust")
     conform_faust_metrics(pipeline.app.monitor, pipeline.registry)
     # aiokafka and Faust log every produced message at DEBUG; with their loggers left at
     # NOTSET the records are built and only then dropped by the handler (~10% of a busy
