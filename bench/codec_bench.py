@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from bench.common import REPEATS, Row, median, report
 from streams import simulate
-from streams.agents.decode import batch_values, origin_fields, queue_readings
+from streams.agents.decode import ReadingBatches, origin_fields
 from streams.agents.outbox import Outbox
 from streams.codec import Decoder
 from streams.protos_gen import smartme_realtime_pb2 as pb
@@ -120,15 +120,14 @@ def _agent_loop(decoder: Decoder, bodies: list[bytes], native: bool) -> Callable
 
     def loop() -> None:
         outbox = Outbox(None, partition_for, never, None)  # type: ignore[arg-type]
-        grouped: dict[int, list[bytes]] = {}
+        batches = ReadingBatches()
         for body in bodies:
-            readings = decoder.records(body, origin_fields(ORIGIN), EARLIEST_US, LATEST_US,
-                                       native=native)
-            queue_readings(outbox, "meter.readings", readings, passthrough, grouped,
-                           partition_of)
-        for number, records in grouped.items():
-            for value in batch_values(records):
-                outbox.add("meter.reading-batches", value, partition=number)
+            readings, entries = decoder.records_by_partition(
+                body, origin_fields(ORIGIN), EARLIEST_US, LATEST_US, partition_of, native=native)
+            outbox.add_device_records("meter.readings", readings, passthrough)
+            batches.add(readings, entries, partition_of)
+        for number, value in batches.values():
+            outbox.add("meter.reading-batches", value, partition=number)
 
     return loop
 

@@ -23,12 +23,16 @@ class RecordDecoder:
     def records(
         self, body: bytes, extra: bytes, earliest_us: int, latest_us: int
     ) -> list[tuple[str, int, bytes]] | None: ...
+    def records_by_partition(
+        self, body: bytes, extra: bytes, earliest_us: int, latest_us: int,
+        partition_of: Callable[[str], int],
+    ) -> tuple[list[tuple[str, int, bytes]], list[tuple[int, bytes]]] | None: ...
 
 # -- window aggregation (native/src/readings.rs, native/src/windows.rs) ----------------------
 
 @final
 class ReadingParser:
-    def __init__(self, codes: dict[str, int]) -> None: ...
+    def __init__(self, codes: dict[str, int], decoder: RecordDecoder | None = None) -> None: ...
     def group(self, values: list[bytes]
               ) -> tuple[list[DeviceReadings], list[tuple[int, bytes, str]]]: ...
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -131,6 +131,11 @@ class Decoder:
         self._native = _native.RecordDecoder(self._native_obis, _CACHE_LIMIT)
         self.fallbacks = 0  # bodies the compiled decoder left to this one
 
+    @property
+    def native(self) -> _native.RecordDecoder:
+        """The compiled decoder (the aggregation decodes compact reading batches with it)."""
+        return self._native
+
     def records(self, body: bytes, fields: dict[str, str | None], earliest_us: int,
                 latest_us: int, *, native: bool = True) -> list[ReadingRecord]:
         """The body's readings as ``meter.readings`` values: each reading's JSON object
@@ -140,6 +145,17 @@ class Decoder:
         :func:`check_plausible` with the given bounds would. `native=False` skips the
         compiled decoder (the reference, for tests and benchmarks).
         """
+        return self.records_by_partition(body, fields, earliest_us, latest_us, None,
+                                         native=native)[0]
+
+    def records_by_partition(
+        self, body: bytes, fields: dict[str, str | None], earliest_us: int, latest_us: int,
+        partition_of: Callable[[str], int] | None, *, native: bool = True,
+    ) -> tuple[list[ReadingRecord], list[tuple[int, bytes]] | None]:
+        """:meth:`records`, and (given `partition_of`, for a body the compiled decoder
+        decoded) the body cut into compact reading-batches entries, one per partition of
+        its devices: see :mod:`streams.agents.decode`. None instead of entries: this body
+        goes to the reading batches as its JSON records."""
         if native and _READING_KEYS.isdisjoint(fields):
             try:
                 extra = orjson.dumps(fields)[1:-1]
@@ -149,13 +165,18 @@ class Decoder:
             if not (_MIN_US <= lo <= _MAX_US and _MIN_US <= hi <= _MAX_US):
                 # Clamped to the datetime range: the same outcome, and they fit an i64.
                 lo, hi = min(max(lo, _MIN_US), _MAX_US + 1), max(min(hi, _MAX_US), _MIN_US - 1)
-            fast = None if extra is None else self._native.records(body, extra, lo, hi)
-            if fast is not None:
-                return fast
+            if extra is not None and partition_of is not None:
+                split = self._native.records_by_partition(body, extra, lo, hi, partition_of)
+                if split is not None:
+                    return split
+            elif extra is not None:
+                fast = self._native.records(body, extra, lo, hi)
+                if fast is not None:
+                    return fast, None
             self.fallbacks += 1
         readings = self.decode(body)
         check_plausible(readings, earliest_us, latest_us)
-        return [(r.device_id, r.timestamp_us, reading_json(r, fields)) for r in readings]
+        return [(r.device_id, r.timestamp_us, reading_json(r, fields)) for r in readings], None
 
     def decode(self, body: bytes) -> list[Reading]:
         message = pb.DeviceDataArray()

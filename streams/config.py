@@ -186,6 +186,11 @@ class Settings:
     aggregate_batch: int = _setting(
         100, "Records (each a list of readings) the aggregation agent takes per batch."
     )
+    compact_reading_batches: bool = _setting(
+        True, "Write the internal reading-batches records compact (the bodies' protobuf "
+        "items), which workers from 2026-12-02 on read; false: JSON arrays of the readings, "
+        "which every version reads (for a rolling upgrade from older workers)."
+    )
     sweep_interval: float = _setting(
         10.0, "Seconds between wall-clock sweeps that finalize windows of quiet devices."
     )

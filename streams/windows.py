@@ -92,9 +92,10 @@ _CODES = {f"{ENERGY_IMPORT}*255": 0, f"{ENERGY_EXPORT}*255": 1, f"{POWER_IMPORT}
           **{f"{code}*255": i for i, code in enumerate(POWER_PHASES.values(), start=3)}}
 
 
-def reading_parser() -> _native.ReadingParser:
-    """Parses `meter.readings` records (and lists of them) into samples grouped by device."""
-    return _native.ReadingParser(_CODES)
+def reading_parser(decoder: _native.RecordDecoder | None = None) -> _native.ReadingParser:
+    """Parses reading-batches records (`meter.readings` records, lists of them, and the
+    compact records whose bodies `decoder` decodes) into samples grouped by device."""
+    return _native.ReadingParser(_CODES, decoder)
 
 
 class Device:

@@ -117,32 +117,42 @@ impl<'a> Reader<'a> {
 }
 
 /// One DeviceData, decoded; its values are `values[first..end]` of the body's list.
-struct Item {
-    lo: u64,
-    hi: u64,
-    timestamp_us: i64,
+pub(crate) struct Item {
+    pub lo: u64,
+    pub hi: u64,
+    pub timestamp_us: i64,
     first: usize,
     end: usize,
+    /// The item's field (tag, length and bytes) in the body: a DeviceDataArray of its own.
+    pub span: (usize, usize),
 }
 
-struct RawValue {
+pub(crate) struct RawValue {
     code: [u8; 6],
     value: f64,
 }
 
 /// The accepted window of reading times (`check_plausible`'s bounds).
 #[derive(Clone, Copy)]
-struct Window {
+pub(crate) struct Window {
     earliest_us: i64,
     latest_us: i64,
 }
 
-fn parse_body(body: &[u8], window: Window, items: &mut Vec<Item>, values: &mut Vec<RawValue>
-              ) -> Option<()> {
+/// Any time Python's datetime can hold.
+pub(crate) const ANY_TIME: Window = Window { earliest_us: MIN_US, latest_us: MAX_US };
+
+pub(crate) fn parse_body(body: &[u8], window: Window, items: &mut Vec<Item>,
+                         values: &mut Vec<RawValue>) -> Option<()> {
     let mut reader = Reader::new(body);
     while !reader.done() {
+        let start = reader.pos;
         match reader.tag()? {
-            (1, LEN) => items.push(parse_item(reader.bytes()?, window, values)?),
+            (1, LEN) => {
+                let mut item = parse_item(reader.bytes()?, window, values)?;
+                item.span = (start, reader.pos);
+                items.push(item);
+            }
             (1, _) => return None,
             (_, wire) => reader.skip(wire)?,
         }
@@ -166,7 +176,7 @@ fn parse_item(data: &[u8], window: Window, values: &mut Vec<RawValue>) -> Option
         }
     }
     let (lo, hi) = device?;
-    Some(Item { lo, hi, timestamp_us: stamp?, first, end: values.len() })
+    Some(Item { lo, hi, timestamp_us: stamp?, first, end: values.len(), span: (0, 0) })
 }
 
 fn parse_guid(data: &[u8]) -> Option<(u64, u64)> {
@@ -233,6 +243,7 @@ fn parse_value(data: &[u8]) -> Option<RawValue> {
 /// `{"obis":…,"value":` (head) the raw value `,"quantity":…,"unit":…,"normalised":` (mid)
 /// the raw value × scale `}`.
 struct ObisJson {
+    text: String,
     head: Vec<u8>,
     mid: Vec<u8>,
     scale: f64,
@@ -269,7 +280,7 @@ fn code_key(code: &[u8; 6]) -> u64 {
 
 /// The UUID text of a .NET Guid given as its two little-endian halves (the first three
 /// groups are the little-endian fields of `lo`, the rest are bytes in order).
-fn device_text(lo: u64, hi: u64) -> [u8; 36] {
+pub(crate) fn device_text(lo: u64, hi: u64) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     bytes[..4].copy_from_slice(&(lo as u32).to_be_bytes());
@@ -337,6 +348,32 @@ impl RecordDecoder {
         result
     }
 
+    /// `records`, and the body cut by partition for the reading-batches topic: per
+    /// partition `partition_of(device_id)` gives, an entry (see
+    /// `streams.agents.decode.compact_values`) holding `extra` and the body's items of
+    /// that partition, verbatim.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn records_by_partition<'py>(&mut self, py: Python<'py>, body: &[u8], extra: &[u8],
+                                 earliest_us: i64, latest_us: i64,
+                                 partition_of: &Bound<'py, PyAny>)
+        -> PyResult<Option<(Bound<'py, PyList>, Vec<(i64, Bound<'py, PyBytes>)>)>> {
+        let Some(records) = self.records(py, body, extra, earliest_us, latest_us)? else {
+            return Ok(None);
+        };
+        let items = std::mem::take(&mut self.items);
+        let groups = self.split(py, body, &items, partition_of);
+        self.items = items;
+        let entries = groups?.into_iter().map(|(partition, sub)| {
+            let mut entry = Vec::with_capacity(extra.len() + sub.len() + 10);
+            push_varint(&mut entry, extra.len() as u64);
+            entry.extend_from_slice(extra);
+            push_varint(&mut entry, sub.len() as u64);
+            entry.extend_from_slice(&sub);
+            (partition, PyBytes::new(py, &entry))
+        }).collect();
+        Ok(Some((records, entries)))
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.obis_info)?;
         Ok(())
@@ -350,50 +387,15 @@ impl RecordDecoder {
 impl RecordDecoder {
     fn write<'py>(&mut self, py: Python<'py>, items: &[Item], values: &[RawValue], extra: &[u8]
                   ) -> PyResult<Option<Bound<'py, PyList>>> {
-        // Every code known before writing: an unknown one means the body is Python's to
-        // decode. A full cache is emptied first, so no code of this body is dropped again
-        // while it is written.
-        let missing = values.iter().filter(|raw| !self.obis.contains_key(&code_key(&raw.code)));
-        if self.obis.len() + missing.count() > self.cache_limit {
-            self.obis.clear();
-        }
-        for raw in values {
-            if !self.obis.contains_key(&code_key(&raw.code)) && !self.learn(py, &raw.code)? {
-                return Ok(None);
-            }
+        if !self.know(py, values)? {
+            return Ok(None);
         }
         let mut out = Vec::with_capacity(items.len());
         let mut buf = Vec::with_capacity(256);
-        let mut stamp = String::with_capacity(32);
         for item in items {
             let text = device_text(item.lo, item.hi);
             buf.clear();
-            buf.extend_from_slice(b"{\"device_id\":\"");
-            buf.extend_from_slice(&text);
-            buf.extend_from_slice(b"\",\"timestamp\":\"");
-            stamp.clear();
-            json::push_timestamp(&mut stamp, item.timestamp_us);
-            buf.extend_from_slice(stamp.as_bytes());
-            buf.extend_from_slice(b"\",\"timestamp_us\":");
-            json::push_i64(&mut buf, item.timestamp_us);
-            buf.extend_from_slice(b",\"values\":[");
-            for (index, raw) in values[item.first..item.end].iter().enumerate() {
-                let obis = &self.obis[&code_key(&raw.code)];
-                if index > 0 {
-                    buf.push(b',');
-                }
-                buf.extend_from_slice(&obis.head);
-                json::push_f64(&mut buf, raw.value);
-                buf.extend_from_slice(&obis.mid);
-                json::push_f64(&mut buf, raw.value * obis.scale);
-                buf.push(b'}');
-            }
-            buf.push(b']');
-            if !extra.is_empty() {
-                buf.push(b',');
-                buf.extend_from_slice(extra);
-            }
-            buf.push(b'}');
+            self.write_record(&mut buf, &text, item, values, extra);
             let device = self.device(py, item.lo, item.hi, &text);
             let tuple = PyTuple::new(py, [
                 device.into_any(),
@@ -403,6 +405,128 @@ impl RecordDecoder {
             out.push(tuple);
         }
         Ok(Some(PyList::new(py, out)?))
+    }
+
+    /// Whether every code of `values` is known (asking the Python side about new ones).
+    /// A full cache is emptied first, so no code of these values is dropped again while
+    /// they are written.
+    fn know(&mut self, py: Python<'_>, values: &[RawValue]) -> PyResult<bool> {
+        let missing = values.iter().filter(|raw| !self.obis.contains_key(&code_key(&raw.code)));
+        if self.obis.len() + missing.count() > self.cache_limit {
+            self.obis.clear();
+        }
+        for raw in values {
+            if !self.obis.contains_key(&code_key(&raw.code)) && !self.learn(py, &raw.code)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One item's `meter.readings` value (its codes known).
+    fn write_record(&self, buf: &mut Vec<u8>, text: &[u8; 36], item: &Item, values: &[RawValue],
+                    extra: &[u8]) {
+        buf.extend_from_slice(b"{\"device_id\":\"");
+        buf.extend_from_slice(text);
+        buf.extend_from_slice(b"\",\"timestamp\":\"");
+        json::push_timestamp_bytes(buf, item.timestamp_us);
+        buf.extend_from_slice(b"\",\"timestamp_us\":");
+        json::push_i64(buf, item.timestamp_us);
+        buf.extend_from_slice(b",\"values\":[");
+        for (index, raw) in values[item.first..item.end].iter().enumerate() {
+            let obis = &self.obis[&code_key(&raw.code)];
+            if index > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(&obis.head);
+            json::push_f64(buf, raw.value);
+            buf.extend_from_slice(&obis.mid);
+            json::push_f64(buf, raw.value * obis.scale);
+            buf.push(b'}');
+        }
+        buf.push(b']');
+        if !extra.is_empty() {
+            buf.push(b',');
+            buf.extend_from_slice(extra);
+        }
+        buf.push(b'}');
+    }
+
+    /// The body's items grouped by the partition `partition_of(device_id)` gives, in
+    /// order of first appearance: a DeviceDataArray of each group's items.
+    fn split<'b>(&mut self, py: Python<'_>, body: &'b [u8], items: &[Item],
+                 partition_of: &Bound<'_, PyAny>) -> PyResult<Vec<(i64, Vec<u8>)>> {
+        let mut groups: Vec<(i64, Vec<usize>)> = Vec::new();
+        let mut last: Option<((u64, u64), i64)> = None;
+        for (index, item) in items.iter().enumerate() {
+            let partition = match last {
+                Some((device, partition)) if device == (item.lo, item.hi) => partition,
+                _ => {
+                    let text = device_text(item.lo, item.hi);
+                    let device = self.device(py, item.lo, item.hi, &text);
+                    let partition: i64 = partition_of.call1((device,))?.extract()?;
+                    last = Some(((item.lo, item.hi), partition));
+                    partition
+                }
+            };
+            match groups.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((partition, vec![index])),
+            }
+        }
+        if groups.len() == 1 {
+            return Ok(vec![(groups[0].0, body.to_vec())]);
+        }
+        Ok(groups.into_iter().map(|(partition, members)| {
+            let mut sub = Vec::with_capacity(body.len());
+            for index in members {
+                let (start, end) = items[index].span;
+                sub.extend_from_slice(&body[start..end]);
+            }
+            (partition, sub)
+        }).collect())
+    }
+
+    /// Samples of a body decoded natively before (a reading-batches entry): per item its
+    /// device, time and the values at the positions `position_of` gives their OBIS text
+    /// (others ignored), each the raw value × scale as in the record. None: not a body
+    /// this decoder takes (it took it when it was decoded, so only a changed OBIS setup).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn samples(&mut self, py: Python<'_>, body: &[u8],
+                          position_of: &mut dyn FnMut(&str) -> Option<usize>)
+        -> PyResult<Option<Vec<(u64, u64, i64, [Option<f64>; 6], (usize, usize))>>> {
+        let (mut items, mut values) = (Vec::new(), Vec::new());
+        if parse_body(body, ANY_TIME, &mut items, &mut values).is_none()
+            || !self.know(py, &values)? {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in &items {
+            let mut v = [None; 6];
+            for raw in &values[item.first..item.end] {
+                let obis = &self.obis[&code_key(&raw.code)];
+                if let Some(position) = position_of(&obis.text) {
+                    v[position] = Some(raw.value * obis.scale);
+                }
+            }
+            out.push((item.lo, item.hi, item.timestamp_us, v, item.span));
+        }
+        Ok(Some(out))
+    }
+
+    /// The `meter.readings` value of the one item in `field` (its tag, length and bytes,
+    /// as [`Item::span`] gives it) with `extra`.
+    pub(crate) fn record_of(&mut self, py: Python<'_>, field: &[u8], extra: &[u8])
+        -> PyResult<Option<Vec<u8>>> {
+        let (mut items, mut values) = (Vec::new(), Vec::new());
+        if parse_body(field, ANY_TIME, &mut items, &mut values).is_none() || items.len() != 1
+            || !self.know(py, &values)? {
+            return Ok(None);
+        }
+        let item = &items[0];
+        let mut buf = Vec::with_capacity(256);
+        self.write_record(&mut buf, &device_text(item.lo, item.hi), item, &values, extra);
+        Ok(Some(buf))
     }
 
     /// Asks the Python side about a code; false when it leaves the code to Python.
@@ -437,7 +561,7 @@ impl RecordDecoder {
         if self.obis.len() >= self.cache_limit {
             return Ok(false); // a body with more distinct codes than the cache holds
         }
-        self.obis.insert(code_key(code), ObisJson { head, mid, scale });
+        self.obis.insert(code_key(code), ObisJson { text, head, mid, scale });
         Ok(true)
     }
 
@@ -456,6 +580,28 @@ impl RecordDecoder {
         self.devices.insert((lo, hi), device.clone().unbind());
         device
     }
+}
+
+pub(crate) fn push_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// A varint at `*pos` of `buf` (any encoding), advancing `pos`.
+pub(crate) fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -37,24 +37,60 @@ pub fn push_key(buf: &mut Vec<u8>, key: &str) {
 /// Microseconds since the Unix epoch as ISO-8601 UTC with a `Z`, microseconds only when
 /// not zero: the text of `streams.codec.format_timestamp` (years 1..9999).
 pub fn format_timestamp(timestamp_us: i64) -> String {
-    let mut out = String::with_capacity(27);
-    push_timestamp(&mut out, timestamp_us);
-    out
+    let mut buf = Vec::with_capacity(27);
+    push_timestamp_bytes(&mut buf, timestamp_us);
+    String::from_utf8(buf).expect("timestamps are ASCII")
 }
 
-pub fn push_timestamp(out: &mut String, timestamp_us: i64) {
-    use std::fmt::Write;
+/// A timestamp as a JSON string (it needs no escaping).
+pub fn push_timestamp_json(buf: &mut Vec<u8>, timestamp_us: i64) {
+    buf.push(b'"');
+    push_timestamp_bytes(buf, timestamp_us);
+    buf.push(b'"');
+}
+
+/// Written digit by digit: several per window record, so `write!` showed in profiles.
+pub fn push_timestamp_bytes(buf: &mut Vec<u8>, timestamp_us: i64) {
     let micros = timestamp_us.rem_euclid(1_000_000);
     let seconds = timestamp_us.div_euclid(1_000_000);
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let (h, m, s) = (second_of_day / 3600, second_of_day / 60 % 60, second_of_day % 60);
-    let _ = write!(out, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}");
+    push_digits(buf, year, 4);
+    buf.push(b'-');
+    push_digits(buf, month, 2);
+    buf.push(b'-');
+    push_digits(buf, day, 2);
+    buf.push(b'T');
+    push_digits(buf, second_of_day / 3600, 2);
+    buf.push(b':');
+    push_digits(buf, second_of_day / 60 % 60, 2);
+    buf.push(b':');
+    push_digits(buf, second_of_day % 60, 2);
     if micros != 0 {
-        let _ = write!(out, ".{micros:06}");
+        buf.push(b'.');
+        push_digits(buf, micros, 6);
     }
-    out.push('Z');
+    buf.push(b'Z');
+}
+
+/// `value` (0 <= value < 10^width) zero-padded to `width` digits.
+fn push_digits(buf: &mut Vec<u8>, mut value: i64, width: usize) {
+    let start = buf.len();
+    buf.resize(start + width, b'0');
+    for slot in buf[start..].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 15)] as char);
+    }
 }
 
 /// Proleptic Gregorian (year, month, day) of a day number relative to 1970-01-01

@@ -17,12 +17,16 @@ use std::collections::{BTreeSet, HashMap};
 use blake2::digest::consts::U8;
 use blake2::{Blake2b, Digest};
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::json::{format_timestamp, push_f64, push_i64, push_key, push_opt_f64, push_str};
+use crate::json::{
+    format_timestamp, push_f64, push_hex, push_i64, push_key, push_opt_f64, push_str,
+    push_timestamp_bytes, push_timestamp_json,
+};
 use crate::readings::DeviceReadings;
 
 const US: i64 = 1_000_000;
@@ -61,7 +65,7 @@ pub struct Windows {
 
 // -- state ------------------------------------------------------------------------------------
 
-#[derive(Default)]
+#[derive(Clone, Default, PartialEq)]
 struct Head {
     event_time: Option<i64>,
     arrival: Option<i64>,
@@ -117,7 +121,7 @@ impl Device {
             Some(dict) => dict.unbind(),
             None => {
                 let dict = PyDict::new(py);
-                Head::default().store(py, &dict)?;
+                Head::default().store(py, &dict, None)?;
                 dict.unbind()
             }
         };
@@ -157,17 +161,18 @@ fn chunk_key(device_id: &str, start: i64) -> String {
 struct State<'a, 'py> {
     py: Python<'py>,
     head: Head,
+    read: Head,
     device: &'a mut Device,
 }
 
 impl<'a, 'py> State<'a, 'py> {
     fn open(py: Python<'py>, device: &'a mut Device) -> PyResult<Self> {
         let head = Head::read(device.head.bind(py))?;
-        Ok(State { py, head, device })
+        Ok(State { py, read: head.clone(), head, device })
     }
 
     fn close(self) -> PyResult<()> {
-        self.head.store(self.py, self.device.head.bind(self.py))
+        self.head.store(self.py, self.device.head.bind(self.py), Some(&self.read))
     }
 
     fn key(&self, start: i64) -> String {
@@ -684,7 +689,12 @@ fn publish(py: Python<'_>, device_id: &str, content: &Content, revision: i64, is
     -> PyResult<Py<Window>> {
     let mut json = Vec::with_capacity(512);
     content.write(&mut json, device_id, Some((revision, is_final)));
-    let key = format!("{device_id}|{}|{}", content.size_s, format_timestamp(content.start));
+    let mut key = Vec::with_capacity(device_id.len() + 32);
+    key.extend_from_slice(device_id.as_bytes());
+    key.push(b'|');
+    push_i64(&mut key, content.size_s);
+    key.push(b'|');
+    push_timestamp_bytes(&mut key, content.start);
     Py::new(py, Window {
         device_id: device_id.to_owned(),
         size: content.size_s,
@@ -694,7 +704,7 @@ fn publish(py: Python<'_>, device_id: &str, content: &Content, revision: i64, is
         energy_import_wh: content.energy[IMP],
         energy_export_wh: content.energy[EXP],
         json: PyBytes::new(py, &json).unbind(),
-        key: PyBytes::new(py, key.as_bytes()).unbind(),
+        key: PyBytes::new(py, &key).unbind(),
     })
 }
 
@@ -795,10 +805,10 @@ impl Content {
         push_i64(buf, self.size_s);
         buf.push(b',');
         push_key(buf, "window_start");
-        push_str(buf, &format_timestamp(self.start));
+        push_timestamp_json(buf, self.start);
         buf.push(b',');
         push_key(buf, "window_end");
-        push_str(buf, &format_timestamp(self.end));
+        push_timestamp_json(buf, self.end);
         buf.push(b',');
         push_key(buf, "energy_import_wh");
         push_opt_f64(buf, self.energy[IMP]);
@@ -841,7 +851,7 @@ impl Content {
 
     fn write_reading(&self, buf: &mut Vec<u8>, ts: Option<i64>) {
         match ts {
-            Some(ts) => push_str(buf, &format_timestamp(ts)),
+            Some(ts) => push_timestamp_json(buf, ts),
             None => buf.extend_from_slice(b"null"),
         }
     }
@@ -914,13 +924,14 @@ impl Content {
         push_i64(&mut buf, self.size_s);
         buf.push(b',');
         push_key(&mut buf, "window_end");
-        push_str(&mut buf, &format_timestamp(self.end));
+        push_timestamp_json(&mut buf, self.end);
         buf.push(b',');
         push_key(&mut buf, "window_start");
-        push_str(&mut buf, &format_timestamp(self.start));
+        push_timestamp_json(&mut buf, self.start);
         buf.push(b'}');
-        let hash = Blake2b::<U8>::digest(&buf);
-        hash.iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(16);
+        push_hex(&mut hex, &Blake2b::<U8>::digest(&buf));
+        hex
     }
 }
 
@@ -969,22 +980,25 @@ fn sample_from_py(item: &Bound<'_, PyAny>) -> PyResult<Sample> {
 
 impl Head {
     fn read(dict: &Bound<'_, PyDict>) -> PyResult<Head> {
-        let mut head = Head::default();
-        head.event_time = optional(dict, "event_time")?;
-        head.arrival = optional(dict, "arrival")?;
-        if let Some(chunks) = dict.get_item("chunks")? {
+        let py = dict.py();
+        let mut head = Head {
+            event_time: optional(dict, intern!(py, "event_time"))?,
+            arrival: optional(dict, intern!(py, "arrival"))?,
+            ..Head::default()
+        };
+        if let Some(chunks) = dict.get_item(intern!(py, "chunks"))? {
             head.chunks = chunks.extract()?;
         }
-        if let Some(pending) = dict.get_item("pending")? {
+        if let Some(pending) = dict.get_item(intern!(py, "pending"))? {
             let pending = pending.cast::<PyDict>().map_err(
                 |_| PyTypeError::new_err("head[\"pending\"] must be a dict"))?;
             for (label, starts) in pending.iter() {
                 head.pending.push((label.extract()?, starts.extract()?));
             }
         }
-        if let Some(anchors) = dict.get_item("anchors")? {
+        if let Some(anchors) = dict.get_item(intern!(py, "anchors"))? {
             if !anchors.is_none() {
-                for (slot, name) in ["import", "export"].into_iter().enumerate() {
+                for (slot, name) in [intern!(py, "import"), intern!(py, "export")].into_iter().enumerate() {
                     if let Some(anchor) = anchors.get_item(name).ok().filter(|a| !a.is_none()) {
                         head.anchors[slot] = Some((anchor.get_item(0)?.extract()?,
                                                    anchor.get_item(1)?.extract()?));
@@ -992,7 +1006,7 @@ impl Head {
                 }
             }
         }
-        if let Some(latest) = dict.get_item("latest")? {
+        if let Some(latest) = dict.get_item(intern!(py, "latest"))? {
             if !latest.is_none() {
                 head.latest = Some(sample_from_py(&latest)?);
             }
@@ -1000,32 +1014,49 @@ impl Head {
         Ok(head)
     }
 
-    fn store(&self, py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<()> {
-        dict.set_item("event_time", self.event_time)?;
-        dict.set_item("arrival", self.arrival)?;
-        dict.set_item("chunks", PyList::new(py, &self.chunks)?)?;
-        let pending = PyDict::new(py);
-        for (label, starts) in &self.pending {
-            pending.set_item(PyString::new(py, label), PyList::new(py, starts)?)?;
+    /// Writes the window keys into `dict`: all of them, or (given the head as read) only
+    /// those that changed, since rebuilding unchanged lists was a visible cost per device.
+    fn store(&self, py: Python<'_>, dict: &Bound<'_, PyDict>, read: Option<&Head>) -> PyResult<()> {
+        let all = read.is_none();
+        let read = read.cloned().unwrap_or_default();
+        if all || self.event_time != read.event_time {
+            dict.set_item(intern!(py, "event_time"), self.event_time)?;
         }
-        dict.set_item("pending", pending)?;
-        let anchors = PyDict::new(py);
-        for (slot, name) in ["import", "export"].into_iter().enumerate() {
-            match self.anchors[slot] {
-                Some((ts, value)) => anchors.set_item(name, PyList::new(py, [ts.into_pyobject(py)?.into_any(), value.into_pyobject(py)?.into_any()])?)?,
-                None => anchors.set_item(name, py.None())?,
+        if all || self.arrival != read.arrival {
+            dict.set_item(intern!(py, "arrival"), self.arrival)?;
+        }
+        if all || self.chunks != read.chunks {
+            dict.set_item(intern!(py, "chunks"), PyList::new(py, &self.chunks)?)?;
+        }
+        if all || self.pending != read.pending {
+            let pending = PyDict::new(py);
+            for (label, starts) in &self.pending {
+                pending.set_item(PyString::new(py, label), PyList::new(py, starts)?)?;
             }
+            dict.set_item(intern!(py, "pending"), pending)?;
         }
-        dict.set_item("anchors", anchors)?;
-        match &self.latest {
-            Some(sample) => dict.set_item("latest", sample_to_list(py, sample)?)?,
-            None => dict.set_item("latest", py.None())?,
+        if all || self.anchors != read.anchors {
+            let anchors = PyDict::new(py);
+            for (slot, name) in [intern!(py, "import"), intern!(py, "export")].into_iter().enumerate() {
+                match self.anchors[slot] {
+                    Some((ts, value)) => anchors.set_item(name, PyList::new(py, [
+                        ts.into_pyobject(py)?.into_any(), value.into_pyobject(py)?.into_any()])?)?,
+                    None => anchors.set_item(name, py.None())?,
+                }
+            }
+            dict.set_item(intern!(py, "anchors"), anchors)?;
+        }
+        if all || self.latest != read.latest {
+            match &self.latest {
+                Some(sample) => dict.set_item(intern!(py, "latest"), sample_to_list(py, sample)?)?,
+                None => dict.set_item(intern!(py, "latest"), py.None())?,
+            }
         }
         Ok(())
     }
 }
 
-fn optional(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<i64>> {
+fn optional(dict: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<Option<i64>> {
     match dict.get_item(key)? {
         Some(value) if !value.is_none() => Ok(Some(value.extract()?)),
         _ => Ok(None),
