@@ -17,6 +17,7 @@ import orjson
 from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
+from streams import _native
 from streams.agents.gaps import GapGuard
 from streams.agents.outbox import Outbox, Record
 from streams.codec import Decoder, format_timestamp
@@ -146,19 +147,20 @@ class Pipeline:
     async def send_records(self, topic: str, partition: int, records: list[Record]
                            ) -> list[tuple[list[Record], Awaitable[Any]]]:
         """Hand records for one partition to the producer as record batches; per batch,
-        its records and the future that resolves when Kafka acknowledged it."""
+        its records and the future that resolves when Kafka acknowledged it.
+
+        The batches are built by the native module (the bytes aiokafka's own builder
+        writes, without its per-record Python) and sent through aiokafka's send_batch."""
         producer = self._kafka_producer()
+        batch_size = self.app.conf.producer_max_batch_size
         sent: list[tuple[list[Record], Awaitable[Any]]] = []
-        batch, first = producer.create_batch(), 0
-        for index, record in enumerate(records):
-            # Full: send it; a new batch always takes its first record, however large.
-            while batch.append(key=record.key, value=record.value,
-                               timestamp=record.timestamp_ms, headers=record.headers) is None:
-                sent.append((records[first:index],
-                             await producer.send_batch(batch, topic, partition=partition)))
-                batch, first = producer.create_batch(), index
-        sent.append((records[first:], await producer.send_batch(batch, topic,
-                                                                 partition=partition)))
+        first = 0
+        while first < len(records):
+            batch = _native.RecordBatch(batch_size)
+            end = batch.append(records, first)  # a batch always takes its first record
+            sent.append((records[first:end],
+                         await producer.send_batch(batch, topic, partition=partition)))
+            first = end
         return sent
 
     def partition_for(self, topic: str, key: bytes | None, device_id: str | None

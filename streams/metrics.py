@@ -146,6 +146,10 @@ class WorkerMetrics:
         )
 
 
+_CONSUMER_LAG = ("meterstream_consumer_lag_records",
+                 "Records not yet consumed, per source topic partition.")
+
+
 class DeviceMetrics:
     """Per-device gauges computed at scrape time from the worker's own device views.
 
@@ -227,7 +231,15 @@ class DeviceMetrics:
             self._kept_windows.pop(key, None)
 
     def describe(self) -> list[Any]:
-        return []  # collected lazily; nothing to register up front
+        """The families collect() yields, without samples: registered by name, so that a
+        scrape restricted to other names (``/metrics?name[]=…``) skips the devices."""
+        families = [GaugeMetricFamily(f"meterstream_device_{name}", doc)
+                    for name, doc, _ in self._GAUGES]
+        families += [GaugeMetricFamily(*self._SINCE), GaugeMetricFamily(*self._INFO),
+                     GaugeMetricFamily(*self._RECONCILIATION), *self._fleet(0, {})]
+        families += [GaugeMetricFamily(name, doc) for name, doc, _ in self._WINDOWS]
+        families += [*_gateway_families([]), GaugeMetricFamily(*_CONSUMER_LAG)]
+        return families
 
     def collect(self) -> Iterator[Any]:
         if _SPLICING.get() is self:
@@ -288,9 +300,7 @@ class DeviceMetrics:
         if self.gateways is not None:
             yield from _gateway_families(self.gateways())
         if self.lag is not None:
-            family = GaugeMetricFamily("meterstream_consumer_lag_records",
-                                       "Records not yet consumed, per source topic partition.",
-                                       labels=["topic", "partition"])
+            family = GaugeMetricFamily(*_CONSUMER_LAG, labels=["topic", "partition"])
             for topic, partition, lag in self.lag():
                 family.add_metric([topic, str(partition)], lag)
             yield family
@@ -565,8 +575,12 @@ def setup_prometheus(app: Any, devices: DeviceMetrics, name_prefix: str,
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(
         devices.registry, name_prefix.replace("-", "_").replace(".", "_")))
 
-    async def metrics_handler(_view: Any, _request: Any) -> Response:
-        return Response(body=devices.exposition(),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics_handler(_view: Any, request: Any) -> Response:
+        # As prometheus_client's own servers: `name[]` parameters restrict the scrape.
+        query: Any = getattr(request, "query", None)
+        names = query.getall("name[]", []) if hasattr(query, "getall") else []
+        body = (generate_latest(devices.registry.restricted_registry(names)) if names
+                else devices.exposition())
+        return Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.page(path)(metrics_handler)

@@ -252,7 +252,7 @@ struct ObisJson {
 /// Hashes the few distinct keys of these caches (OBIS codes, GUID halves) with one
 /// multiply: SipHash would be a good part of the per-value cost.
 #[derive(Default)]
-struct FoldHasher(u64);
+pub(crate) struct FoldHasher(u64);
 
 impl Hasher for FoldHasher {
     fn finish(&self) -> u64 {
@@ -270,7 +270,7 @@ impl Hasher for FoldHasher {
     }
 }
 
-type Fold = BuildHasherDefault<FoldHasher>;
+pub(crate) type Fold = BuildHasherDefault<FoldHasher>;
 
 fn code_key(code: &[u8; 6]) -> u64 {
     let mut key = [0u8; 8];

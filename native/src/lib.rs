@@ -5,6 +5,7 @@ use pyo3::types::PyBytes;
 
 mod decode;
 mod json;
+mod kafka;
 mod readings;
 mod windows;
 
@@ -28,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(float_json, m)?)?;
     m.add_function(wrap_pyfunction!(format_timestamp, m)?)?;
     decode::register(m)?;
+    kafka::register(m)?;
     readings::register(m)?;
     windows::register(m)?;
     Ok(())

@@ -13,6 +13,7 @@
 //!   bytes, loaded through a Python callable and handed back by [`Device::take_writes`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use blake2::digest::consts::U8;
 use blake2::{Blake2b, Digest};
@@ -24,9 +25,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::json::{
-    format_timestamp, push_f64, push_hex, push_i64, push_key, push_opt_f64, push_str,
-    push_timestamp_bytes, push_timestamp_json,
+    format_timestamp, push_hex, push_i64, push_key, push_opt_f64, push_str, push_timestamp_json,
 };
+use crate::decode::Fold;
 use crate::readings::DeviceReadings;
 
 const US: i64 = 1_000_000;
@@ -54,6 +55,8 @@ impl Sample {
 
 #[pyclass(module = "streams._native", frozen)]
 pub struct Windows {
+    /// Window boundaries as JSON text: every device's windows share the same few.
+    boundaries: Mutex<HashMap<i64, Text, Fold>>,
     sizes_us: Vec<i64>,
     settle_sizes: Vec<i64>,
     grace_us: i64,
@@ -102,7 +105,7 @@ pub struct Device {
     #[pyo3(get)]
     head: Py<PyDict>,
     load: Py<PyAny>,
-    chunks: HashMap<i64, Chunk>,
+    chunks: HashMap<i64, Chunk, Fold>,
     dirty: BTreeSet<i64>,
     deleted: BTreeSet<i64>,
     head_dirty: bool,
@@ -125,7 +128,7 @@ impl Device {
                 dict.unbind()
             }
         };
-        Ok(Device { id: device_id, head, load, chunks: HashMap::new(), dirty: BTreeSet::new(),
+        Ok(Device { id: device_id, head, load, chunks: HashMap::default(), dirty: BTreeSet::new(),
                     deleted: BTreeSet::new(), head_dirty })
     }
 
@@ -235,6 +238,20 @@ impl<'a, 'py> State<'a, 'py> {
             found.extend_from_slice(&samples[from..to]);
         }
         Ok(found)
+    }
+
+    /// The samples with lo <= ts < hi when they all lie in one chunk (no copy), or None.
+    fn samples_within_chunk(&mut self, lo: i64, hi: i64, chunk_us: i64)
+        -> PyResult<Option<&[Sample]>> {
+        let start = lo - lo.rem_euclid(chunk_us);
+        if hi - 1 - (hi - 1).rem_euclid(chunk_us) != start {
+            return Ok(None);
+        }
+        if !self.chunk(start, false)? {
+            return Ok(Some(&[]));
+        }
+        let samples = &self.device.chunks[&start].samples;
+        Ok(Some(&samples[lower_bound(samples, lo)..lower_bound(samples, hi)]))
     }
 
     /// The last sample before ts carrying value `index` (any sample for None), among the
@@ -385,8 +402,9 @@ impl Windows {
         let mut settle_sizes = sizes_us.clone();
         settle_sizes.sort_unstable();
         settle_sizes.dedup();
-        Ok(Windows { sizes_us, settle_sizes, grace_us: grace * US, lateness_us: allowed_lateness * US,
-                     allowed_lateness, chunk_us: chunk * US, emit_interim })
+        Ok(Windows { boundaries: Mutex::default(), sizes_us, settle_sizes, grace_us: grace * US,
+                     lateness_us: allowed_lateness * US, allowed_lateness, chunk_us: chunk * US,
+                     emit_interim })
     }
 
     /// Apply readings (a `DeviceReadings`, or (ts, import, export, power, l1, l2, l3)
@@ -473,9 +491,10 @@ impl Windows {
         let one = |s: &Option<Bound<'py, PyAny>>| s.as_ref().map(sample_from_py).transpose();
         let content = window_content(size_s, start, &samples, [one(&before.0)?, one(&before.1)?],
                                      [one(&after.0)?, one(&after.1)?]);
+        let pieces = content.pieces(&|ts| Text::stamp(Some(ts)));
         let mut json = Vec::with_capacity(512);
-        content.write(&mut json, device_id, None);
-        Ok((PyBytes::new(py, &json), content.digest(device_id)))
+        pieces.write(&mut json, device_id, None);
+        Ok((PyBytes::new(py, &json), pieces.digest(device_id)))
     }
 }
 
@@ -603,8 +622,8 @@ impl Windows {
 
     fn emit(&self, state: &mut State, size_us: i64, start: i64, outcome: &mut Outcome)
         -> PyResult<()> {
-        let content = self.content(state, size_us, start)?;
-        let fingerprint = content.digest(&state.device.id);
+        let pieces = self.content(state, size_us, start)?;
+        let fingerprint = pieces.digest(&state.device.id);
         let chunk_start = start - start.rem_euclid(self.chunk_us);
         state.chunk(chunk_start, true)?;
         let chunk = state.device.chunks.get_mut(&chunk_start).expect("created");
@@ -627,22 +646,38 @@ impl Windows {
         } else {
             outcome.finals += 1;
         }
-        outcome.emitted.push(publish(state.py, &state.device.id, &content, revision, true)?);
+        outcome.emitted.push(publish(state.py, &state.device.id, &pieces, size_us, start,
+                                     revision, true)?);
         Ok(())
     }
 
     fn record(&self, state: &mut State, size_us: i64, start: i64, revision: i64, is_final: bool)
         -> PyResult<Py<Window>> {
-        let content = self.content(state, size_us, start)?;
-        publish(state.py, &state.device.id, &content, revision, is_final)
+        let pieces = self.content(state, size_us, start)?;
+        publish(state.py, &state.device.id, &pieces, size_us, start, revision, is_final)
     }
 
-    fn content(&self, state: &mut State, size_us: i64, start: i64) -> PyResult<Content> {
+    fn content(&self, state: &mut State, size_us: i64, start: i64) -> PyResult<Pieces> {
         let end = start + size_us;
-        let samples = state.samples_between(start, end)?;
         let before = state.registers_before(start, true, true)?;
         let after = state.registers_after(end, true, true)?;
-        Ok(window_content(size_us / US, start, &samples, before, after))
+        let content = match state.samples_within_chunk(start, end, self.chunk_us)? {
+            Some(samples) => window_content(size_us / US, start, samples, before, after),
+            None => window_content(size_us / US, start, &state.samples_between(start, end)?,
+                                   before, after),
+        };
+        Ok(content.pieces(&|ts| self.boundary(ts)))
+    }
+
+    fn boundary(&self, ts: i64) -> Text {
+        let mut cache = self.boundaries.lock().expect("never poisoned: no panics inside");
+        if let Some(text) = cache.get(&ts) {
+            return *text;
+        }
+        if cache.len() >= 16_384 {
+            cache.clear();
+        }
+        *cache.entry(ts).or_insert_with(|| Text::stamp(Some(ts)))
     }
 
     /// Drop chunks no accepted reading can reach again.
@@ -685,24 +720,26 @@ fn label_size(label: &str) -> PyResult<i64> {
     label.parse().map_err(|_| PyValueError::new_err(format!("pending window size {label:?}")))
 }
 
-fn publish(py: Python<'_>, device_id: &str, content: &Content, revision: i64, is_final: bool)
-    -> PyResult<Py<Window>> {
+#[allow(clippy::too_many_arguments)]
+fn publish(py: Python<'_>, device_id: &str, pieces: &Pieces, size_us: i64, start: i64,
+           revision: i64, is_final: bool) -> PyResult<Py<Window>> {
     let mut json = Vec::with_capacity(512);
-    content.write(&mut json, device_id, Some((revision, is_final)));
+    pieces.write(&mut json, device_id, Some((revision, is_final)));
     let mut key = Vec::with_capacity(device_id.len() + 32);
     key.extend_from_slice(device_id.as_bytes());
     key.push(b'|');
-    push_i64(&mut key, content.size_s);
+    key.extend_from_slice(pieces.size.bytes());
     key.push(b'|');
-    push_timestamp_bytes(&mut key, content.start);
+    let stamp = pieces.start.bytes();
+    key.extend_from_slice(&stamp[1..stamp.len() - 1]); // unquoted
     Py::new(py, Window {
         device_id: device_id.to_owned(),
-        size: content.size_s,
-        start_us: content.start,
+        size: size_us / US,
+        start_us: start,
         revision,
         is_final,
-        energy_import_wh: content.energy[IMP],
-        energy_export_wh: content.energy[EXP],
+        energy_import_wh: pieces.energy_values[IMP],
+        energy_export_wh: pieces.energy_values[EXP],
         json: PyBytes::new(py, &json).unbind(),
         key: PyBytes::new(py, &key).unbind(),
     })
@@ -794,50 +831,88 @@ fn power(index: usize, end: i64, samples: &[Sample]) -> Option<(f64, f64, f64, f
     Some((weighted / (end - first_ts) as f64, low, high, last))
 }
 
-impl Content {
+/// A JSON scalar's text (a number, null, or a quoted timestamp), written once and copied
+/// into both the record and the digest's text.
+#[derive(Clone, Copy)]
+struct Text {
+    buf: [u8; 40],
+    len: u8,
+}
+
+impl Text {
+    fn new(bytes: &[u8]) -> Text {
+        let mut text = Text { buf: [0; 40], len: bytes.len() as u8 };
+        text.buf[..bytes.len()].copy_from_slice(bytes);
+        text
+    }
+
+    fn number(value: Option<f64>) -> Text {
+        let mut out = Vec::with_capacity(32);
+        push_opt_f64(&mut out, value);
+        Text::new(&out)
+    }
+
+    fn integer(value: i64) -> Text {
+        Text::new(itoa::Buffer::new().format(value).as_bytes())
+    }
+
+    fn stamp(ts: Option<i64>) -> Text {
+        let mut out = Vec::with_capacity(32);
+        match ts {
+            Some(ts) => push_timestamp_json(&mut out, ts),
+            None => out.extend_from_slice(b"null"),
+        }
+        Text::new(&out)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// A window's content as JSON pieces.
+struct Pieces {
+    energy_values: [Option<f64>; 2],
+    start: Text,
+    end: Text,
+    energy: [Text; 2],
+    power: [Text; 4], // mean, min, max, last
+    phases: Vec<(&'static str, [Text; 4])>,
+    samples: Text,
+    resets: Text,
+    size: Text,
+    first: Text,
+    last: Text,
+}
+
+impl Pieces {
+    /// `,"key":value` for each member, in the given order.
+    fn members(buf: &mut Vec<u8>, members: &[(&str, &Text)]) {
+        for (key, value) in members {
+            buf.extend_from_slice(b",\"");
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(b"\":");
+            buf.extend_from_slice(value.bytes());
+        }
+    }
+
     /// The record's JSON text in the published key order (`revision`/`final` when given).
     fn write(&self, buf: &mut Vec<u8>, device_id: &str, published: Option<(i64, bool)>) {
         buf.push(b'{');
         push_key(buf, "device_id");
         push_str(buf, device_id);
-        buf.push(b',');
-        push_key(buf, "size");
-        push_i64(buf, self.size_s);
-        buf.push(b',');
-        push_key(buf, "window_start");
-        push_timestamp_json(buf, self.start);
-        buf.push(b',');
-        push_key(buf, "window_end");
-        push_timestamp_json(buf, self.end);
-        buf.push(b',');
-        push_key(buf, "energy_import_wh");
-        push_opt_f64(buf, self.energy[IMP]);
-        buf.push(b',');
-        push_key(buf, "energy_export_wh");
-        push_opt_f64(buf, self.energy[EXP]);
-        let power = self.power.map(|(m, lo, hi, l)| [m, lo, hi, l]);
-        for (i, name) in ["power_mean_w", "power_min_w", "power_max_w", "power_last_w"].iter().enumerate() {
-            buf.push(b',');
-            push_key(buf, name);
-            push_opt_f64(buf, power.map(|p| p[i]));
-        }
+        let [mean, low, high, last] = &self.power;
+        Self::members(buf, &[("size", &self.size), ("window_start", &self.start),
+                             ("window_end", &self.end), ("energy_import_wh", &self.energy[IMP]),
+                             ("energy_export_wh", &self.energy[EXP]), ("power_mean_w", mean),
+                             ("power_min_w", low), ("power_max_w", high), ("power_last_w", last)]);
         if !self.phases.is_empty() {
             buf.push(b',');
             push_key(buf, "phases");
             self.write_phases(buf, false);
         }
-        buf.push(b',');
-        push_key(buf, "samples");
-        push_i64(buf, self.samples as i64);
-        buf.push(b',');
-        push_key(buf, "resets");
-        push_i64(buf, self.resets);
-        buf.push(b',');
-        push_key(buf, "first_reading");
-        self.write_reading(buf, self.first_reading);
-        buf.push(b',');
-        push_key(buf, "last_reading");
-        self.write_reading(buf, self.last_reading);
+        Self::members(buf, &[("samples", &self.samples), ("resets", &self.resets),
+                             ("first_reading", &self.first), ("last_reading", &self.last)]);
         if let Some((revision, is_final)) = published {
             buf.push(b',');
             push_key(buf, "revision");
@@ -849,17 +924,10 @@ impl Content {
         buf.push(b'}');
     }
 
-    fn write_reading(&self, buf: &mut Vec<u8>, ts: Option<i64>) {
-        match ts {
-            Some(ts) => push_timestamp_json(buf, ts),
-            None => buf.extend_from_slice(b"null"),
-        }
-    }
-
     /// `{"l1": {...}, ...}`; the stats in published order or, for the digest, sorted.
     fn write_phases(&self, buf: &mut Vec<u8>, sorted: bool) {
         buf.push(b'{');
-        for (n, (name, (mean, low, high, last))) in self.phases.iter().enumerate() {
+        for (n, (name, [mean, low, high, last])) in self.phases.iter().enumerate() {
             if n > 0 {
                 buf.push(b',');
             }
@@ -869,14 +937,9 @@ impl Content {
             } else {
                 [("mean_w", mean), ("min_w", low), ("max_w", high), ("last_w", last)]
             };
-            buf.push(b'{');
-            for (i, (key, value)) in stats.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                push_key(buf, key);
-                push_f64(buf, **value);
-            }
+            let start = buf.len();
+            Self::members(buf, &stats);
+            buf[start] = b'{'; // the first member's comma
             buf.push(b'}');
         }
         buf.push(b'}');
@@ -890,48 +953,48 @@ impl Content {
         buf.push(b'{');
         push_key(&mut buf, "device_id");
         push_str(&mut buf, device_id);
-        buf.push(b',');
-        push_key(&mut buf, "energy_export_wh");
-        push_opt_f64(&mut buf, self.energy[EXP]);
-        buf.push(b',');
-        push_key(&mut buf, "energy_import_wh");
-        push_opt_f64(&mut buf, self.energy[IMP]);
-        buf.push(b',');
-        push_key(&mut buf, "first_reading");
-        self.write_reading(&mut buf, self.first_reading);
-        buf.push(b',');
-        push_key(&mut buf, "last_reading");
-        self.write_reading(&mut buf, self.last_reading);
+        Self::members(&mut buf, &[("energy_export_wh", &self.energy[EXP]),
+                                  ("energy_import_wh", &self.energy[IMP]),
+                                  ("first_reading", &self.first), ("last_reading", &self.last)]);
         if !self.phases.is_empty() {
             buf.push(b',');
             push_key(&mut buf, "phases");
             self.write_phases(&mut buf, true);
         }
-        let power = self.power.map(|(m, lo, hi, l)| [l, hi, m, lo]);
-        for (i, name) in ["power_last_w", "power_max_w", "power_mean_w", "power_min_w"].iter().enumerate() {
-            buf.push(b',');
-            push_key(&mut buf, name);
-            push_opt_f64(&mut buf, power.map(|p| p[i]));
-        }
-        buf.push(b',');
-        push_key(&mut buf, "resets");
-        push_i64(&mut buf, self.resets);
-        buf.push(b',');
-        push_key(&mut buf, "samples");
-        push_i64(&mut buf, self.samples as i64);
-        buf.push(b',');
-        push_key(&mut buf, "size");
-        push_i64(&mut buf, self.size_s);
-        buf.push(b',');
-        push_key(&mut buf, "window_end");
-        push_timestamp_json(&mut buf, self.end);
-        buf.push(b',');
-        push_key(&mut buf, "window_start");
-        push_timestamp_json(&mut buf, self.start);
+        let [mean, low, high, last] = &self.power;
+        Self::members(&mut buf, &[("power_last_w", last), ("power_max_w", high),
+                                  ("power_mean_w", mean), ("power_min_w", low),
+                                  ("resets", &self.resets), ("samples", &self.samples),
+                                  ("size", &self.size), ("window_end", &self.end),
+                                  ("window_start", &self.start)]);
         buf.push(b'}');
         let mut hex = String::with_capacity(16);
         push_hex(&mut hex, &Blake2b::<U8>::digest(&buf));
         hex
+    }
+}
+
+impl Content {
+    /// The content's JSON pieces; window boundaries come from `boundary` (shared by every
+    /// device's windows, so formatted once).
+    fn pieces(&self, boundary: &dyn Fn(i64) -> Text) -> Pieces {
+        let stats = |s: Option<(f64, f64, f64, f64)>| match s {
+            Some((mean, low, high, last)) => [mean, low, high, last].map(|v| Text::number(Some(v))),
+            None => [Text::number(None); 4],
+        };
+        Pieces {
+            energy_values: self.energy,
+            start: boundary(self.start),
+            end: boundary(self.end),
+            energy: self.energy.map(Text::number),
+            power: stats(self.power),
+            phases: self.phases.iter().map(|&(name, s)| (name, stats(Some(s)))).collect(),
+            samples: Text::integer(self.samples as i64),
+            resets: Text::integer(self.resets),
+            size: Text::integer(self.size_s),
+            first: Text::stamp(self.first_reading),
+            last: Text::stamp(self.last_reading),
+        }
     }
 }
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from multidict import MultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from streams.metrics import DeviceMetrics, WorkerMetrics, conform_faust_metrics, setup_prometheus
@@ -202,3 +204,28 @@ async def test_the_metrics_page_serves_the_whole_registry() -> None:
     assert 'meterstream_device_seconds_since_last_seen{device_id="m\\"1"} 3.0\n' in text
     assert "meterstream_faust_messages_received_total 1.0\n" in text
     assert "# TYPE meterstream_faust_events_runtime_seconds histogram\n" in text
+
+
+async def test_a_scrape_restricted_by_name_renders_only_those_families() -> None:
+    """`/metrics?name[]=…`, as prometheus_client's own servers take it: a cheap look at a
+    few counters (the benchmark polls one every second), without the device series."""
+    app = faust.App("metrics-names-test", broker="kafka://127.0.0.1:1", store="memory://",
+                    web_enabled=True)
+    registry = CollectorRegistry()
+    worker = WorkerMetrics(registry)
+    devices = DeviceMetrics(registry, lambda: T0)
+    devices.update("m1", {"partition": 0, "power": 12.5, "seen": T0 - 3, "online": 1})
+    setup_prometheus(app, devices, name_prefix="meterstream_faust")
+    worker.aggregated.inc(7)
+    request = SimpleNamespace(query=MultiDict([("name[]", "meterstream_readings_aggregated_total"),
+                                               ("name[]", "meterstream_devices")]))
+
+    response = await app.web.views["/metrics"].get(request)
+
+    text = response.body.decode()
+    assert "meterstream_readings_aggregated_total 7.0\n" in text
+    assert 'meterstream_devices{state="online"}' in text  # a device family, when asked for
+    assert "meterstream_device_power_watts" not in text
+    assert "meterstream_faust_" not in text
+    full = (await app.web.views["/metrics"].get(SimpleNamespace(query=MultiDict()))).body
+    assert full == generate_latest(registry)
