@@ -21,8 +21,8 @@ const SCALE_US: [i64; 5] = [86_400_000_000, 3_600_000_000, 60_000_000, 1_000_000
 const TICKS: u64 = 5;
 /// The range Python's datetime covers (0001-01-01 .. 9999-12-31T23:59:59.999999), in µs
 /// from the Unix epoch: `streams.codec._MIN_US` / `_MAX_US`.
-const MIN_US: i64 = -62_135_596_800_000_000;
-const MAX_US: i64 = 253_402_300_799_999_999;
+pub(crate) const MIN_US: i64 = -62_135_596_800_000_000;
+pub(crate) const MAX_US: i64 = 253_402_300_799_999_999;
 
 /// A field's wire types in the schema.
 const VARINT: u8 = 0;
@@ -506,7 +506,8 @@ impl RecordDecoder {
             for raw in &values[item.first..item.end] {
                 let obis = &self.obis[&code_key(&raw.code)];
                 if let Some(position) = position_of(&obis.text) {
-                    v[position] = Some(raw.value * obis.scale);
+                    // As the record has it: a product out of range is written as null.
+                    v[position] = Some(raw.value * obis.scale).filter(|x| x.is_finite());
                 }
             }
             out.push((item.lo, item.hi, item.timestamp_us, v, item.span));

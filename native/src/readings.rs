@@ -18,7 +18,7 @@ use pyo3::types::PyBytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::decode::{device_text, read_varint, RecordDecoder};
+use crate::decode::{device_text, read_varint, RecordDecoder, MAX_US, MIN_US};
 use crate::windows::Sample;
 
 /// The first bytes of a compact record (no JSON text starts with 0x01).
@@ -312,6 +312,9 @@ impl ReadingParser {
         let ts = fields.timestamp_us
             .and_then(|raw| timestamp(raw.get()))
             .ok_or_else(|| unusable("no integer timestamp_us".into()))?;
+        if !(MIN_US..=MAX_US).contains(&ts) {
+            return Err(unusable(format!("timestamp_us {ts} is outside the years 1..9999")));
+        }
         let values: Vec<Value> = fields.values
             .ok_or_else(|| unusable("no values".into()))
             .and_then(|raw| serde_json::from_str(raw.get())

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::json::{
     format_timestamp, push_hex, push_i64, push_key, push_opt_f64, push_str, push_timestamp_json,
 };
-use crate::decode::Fold;
+use crate::decode::{Fold, MAX_US, MIN_US};
 use crate::readings::DeviceReadings;
 
 const US: i64 = 1_000_000;
@@ -247,10 +247,10 @@ impl<'a, 'py> State<'a, 'py> {
         if hi - 1 - (hi - 1).rem_euclid(chunk_us) != start {
             return Ok(None);
         }
-        if !self.chunk(start, false)? {
-            return Ok(Some(&[]));
+        if self.head.chunks.binary_search(&start).is_err() && !self.device.chunks.contains_key(&start) {
+            return Ok(Some(&[])); // no chunk there: no samples
         }
-        let samples = &self.device.chunks[&start].samples;
+        let samples = self.samples(start)?; // an error for one indexed but not stored
         Ok(Some(&samples[lower_bound(samples, lo)..lower_bound(samples, hi)]))
     }
 
@@ -412,40 +412,11 @@ impl Windows {
     fn apply(&self, py: Python<'_>, device: &mut Device, samples: &Bound<'_, PyAny>,
              arrival_us: i64) -> PyResult<Outcome> {
         let samples = extract_samples(samples)?;
-        let mut outcome = Outcome::default();
-        let mut state = State::open(py, device)?;
-        for (position, sample) in samples.iter().enumerate() {
-            let ts = sample.ts;
-            let mut event_time = state.head.event_time;
-            if let Some(et) = event_time {
-                if ts < et - self.lateness_us {
-                    outcome.late.push((position, format!(
-                        "older than the device's event time {} minus the allowed lateness ({} s)",
-                        format_timestamp(et), self.allowed_lateness)));
-                    continue;
-                }
-            }
-            if !self.insert(&mut state, sample, &mut outcome)? {
-                continue;
-            }
-            if event_time.is_none_or(|et| ts > et) {
-                state.head.event_time = Some(ts);
-                event_time = Some(ts);
-            }
-            if state.head.latest.is_none_or(|latest| ts >= latest.ts) {
-                state.head.latest = Some(*sample);
-            }
-            // Settled after every reading, not once per batch: what is emitted then depends
-            // only on the device's readings in arrival order, never on how a consumer
-            // batched them, so a replay after a crash re-emits exactly what it emitted.
-            let touched = self.touched_windows(&mut state, sample)?;
-            self.settle(&mut state, &touched, event_time, &mut outcome)?;
+        if let Some(bad) = samples.iter().find(|s| !(MIN_US..=MAX_US).contains(&s.ts)) {
+            return Err(PyValueError::new_err(format!(
+                "reading time {} µs is outside the years 1..9999", bad.ts)));
         }
-        state.head.arrival = Some(arrival_us);
-        state.device.head_dirty = true;
-        self.prune(&mut state)?;
-        state.close()?;
-        Ok(outcome)
+        with_state(py, device, |state| self.apply_samples(state, &samples, arrival_us))
     }
 
     /// Whether the quiet-device rule would finalize something for this head now.
@@ -455,27 +426,27 @@ impl Windows {
 
     /// Finalize windows of a device that went quiet (the wall-clock rule).
     fn sweep(&self, py: Python<'_>, device: &mut Device, now_us: i64) -> PyResult<Outcome> {
-        let mut outcome = Outcome::default();
-        let mut state = State::open(py, device)?;
-        if self.is_due(&state.head, now_us) {
-            self.finalize_due(&mut state, now_us, &mut outcome)?;
-        }
-        state.close()?;
-        Ok(outcome)
+        with_state(py, device, |state| {
+            let mut outcome = Outcome::default();
+            if self.is_due(&state.head, now_us) {
+                self.finalize_due(state, now_us, &mut outcome)?;
+            }
+            Ok(outcome)
+        })
     }
 
     /// The device's pending windows as interim (revision 0, not final) records.
     fn open_windows(&self, py: Python<'_>, device: &mut Device) -> PyResult<Vec<Py<Window>>> {
-        let mut state = State::open(py, device)?;
-        let mut windows = Vec::new();
-        for (label, starts) in state.head.pending.clone() {
-            let size_us = label_size(&label)? * US;
-            for start in starts {
-                windows.push(self.record(&mut state, size_us, start, 0, false)?);
+        with_state(py, device, |state| {
+            let mut windows = Vec::new();
+            for (label, starts) in state.head.pending.clone() {
+                let size_us = label_size(&label)? * US;
+                for start in starts {
+                    windows.push(self.record(state, size_us, start, 0, false)?);
+                }
             }
-        }
-        state.close()?;
-        Ok(windows)
+            Ok(windows)
+        })
     }
 
     /// A window's content from (ts, import, export, power, l1, l2, l3) samples, sorted, and
@@ -489,8 +460,14 @@ impl Windows {
         -> PyResult<(Bound<'py, PyBytes>, String)> {
         let samples = extract_samples(samples)?;
         let one = |s: &Option<Bound<'py, PyAny>>| s.as_ref().map(sample_from_py).transpose();
-        let content = window_content(size_s, start, &samples, [one(&before.0)?, one(&before.1)?],
-                                     [one(&after.0)?, one(&after.1)?]);
+        let before = [one(&before.0)?, one(&before.1)?];
+        let after = [one(&after.0)?, one(&after.1)?];
+        for register in [IMP, EXP] {
+            if [before[register], after[register]].iter().flatten().any(|s| s.v[register].is_none()) {
+                return Err(PyValueError::new_err("a neighbour must carry its register"));
+            }
+        }
+        let content = window_content(size_s, start, &samples, before, after);
         let pieces = content.pieces(&|ts| Text::stamp(Some(ts)));
         let mut json = Vec::with_capacity(512);
         pieces.write(&mut json, device_id, None);
@@ -499,6 +476,42 @@ impl Windows {
 }
 
 impl Windows {
+    fn apply_samples(&self, state: &mut State, samples: &[Sample], arrival_us: i64)
+        -> PyResult<Outcome> {
+        let mut outcome = Outcome::default();
+        for (position, sample) in samples.iter().enumerate() {
+            let ts = sample.ts;
+            let mut event_time = state.head.event_time;
+            if let Some(et) = event_time {
+                if ts < et - self.lateness_us {
+                    outcome.late.push((position, format!(
+                        "older than the device's event time {} minus the allowed lateness ({} s)",
+                        format_timestamp(et), self.allowed_lateness)));
+                    continue;
+                }
+            }
+            if !self.insert(state, sample, &mut outcome)? {
+                continue;
+            }
+            if event_time.is_none_or(|et| ts > et) {
+                state.head.event_time = Some(ts);
+                event_time = Some(ts);
+            }
+            if state.head.latest.is_none_or(|latest| ts >= latest.ts) {
+                state.head.latest = Some(*sample);
+            }
+            // Settled after every reading, not once per batch: what is emitted then depends
+            // only on the device's readings in arrival order, never on how a consumer
+            // batched them, so a replay after a crash re-emits exactly what it emitted.
+            let touched = self.touched_windows(state, sample)?;
+            self.settle(state, &touched, event_time, &mut outcome)?;
+        }
+        state.head.arrival = Some(arrival_us);
+        state.device.head_dirty = true;
+        self.prune(state)?;
+        Ok(outcome)
+    }
+
     fn label(size_us: i64) -> String {
         (size_us / US).to_string()
     }
@@ -540,7 +553,8 @@ impl Windows {
             let mut start = lo - lo.rem_euclid(size_us);
             while start <= hi {
                 windows.push((size_us, start));
-                start += size_us;
+                let Some(next) = start.checked_add(size_us) else { break };
+                start = next;
             }
         }
         Ok(windows)
@@ -714,6 +728,18 @@ impl Windows {
         }
         Ok(())
     }
+}
+
+/// Runs `operation` on the device's state and writes the head back, also when the
+/// operation failed part way: the head then still lists what the chunk cache holds.
+fn with_state<T>(py: Python<'_>, device: &mut Device,
+                 operation: impl FnOnce(&mut State) -> PyResult<T>) -> PyResult<T> {
+    let mut state = State::open(py, device)?;
+    let result = operation(&mut state);
+    let closed = state.close();
+    let value = result?;
+    closed?;
+    Ok(value)
 }
 
 fn label_size(label: &str) -> PyResult<i64> {

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event, current_event
 from faust.types import TP
 from rocksdict import WriteBatch
@@ -66,8 +67,8 @@ class TableStore(MutableMapping[str, bytes]):
 
     Reads go to the table's local store (RocksDB) of the current event's partition, as
     Faust's own table access does. Writes are held (and read back) until
-    :func:`save_state` writes them into the local store, one RocksDB write batch per
-    partition, and sends their changelog records with the agent's batch. Faust's
+    :func:`save_state` has their changelog records acknowledged and then writes them into
+    the local store, one RocksDB write batch per partition. Faust's
     per-write path (a RocksDB write, a future per changelog record through its producer
     buffer, sensors, and a RocksDB write of the persisted offset per acknowledged record)
     was the largest cost of a busy worker in a profile.
@@ -106,29 +107,55 @@ class TableStore(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table)
 
-    def write_local(self) -> None:
-        """Write the held changes into the table's local store."""
+    def write_local(self, changes: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Write changes into the table's local store: one write batch per partition."""
         store = self.table.data
-        if getattr(store, "use_rocksdict", False):
-            # As Faust applies changelog batches at recovery: one write per partition.
+        if isinstance(store, MemoryStore):  # tests, and METERSTREAM_STORE=memory://
+            for _, key, value in changes:
+                if value is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = value
+        else:
+            # As Faust applies changelog batches at recovery.
             batches: dict[int, Any] = {}
-            for partition, key, value in self.changes:
+            for partition, key, value in changes:
                 batch = batches.get(partition)
                 if batch is None:
-                    batch = batches[partition] = WriteBatch(raw_mode=True)
+                    batch = batches[partition] = (WriteBatch(raw_mode=True)
+                                                  if store.use_rocksdict else _PlainBatch())
                 if value is None:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
             for partition, batch in batches.items():
-                store._db_for_partition(partition).write(batch)
-        else:  # the memory store of tests (and of METERSTREAM_STORE=memory://)
-            for _, key, value in self.changes:
-                if value is None:
-                    store.pop(key, None)
+                db = store._db_for_partition(partition)
+                if isinstance(batch, _PlainBatch):
+                    batch.apply(db)
                 else:
-                    store[key] = value
-        self._unwritten.clear()
+                    db.write(batch)
+        for _, key, _ in changes:
+            self._unwritten.pop(key, None)
+
+
+class _PlainBatch:
+    """Puts and deletes for a RocksDB driver other than rocksdict (python-rocksdb)."""
+
+    def __init__(self) -> None:
+        self.operations: list[tuple[bytes, bytes | None]] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.operations.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.operations.append((key, None))
+
+    def apply(self, db: Any) -> None:
+        for key, value in self.operations:
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
 
 
 class JsonTableStore(MutableMapping[str, Any]):
@@ -162,18 +189,24 @@ def _event_partition() -> int:
 
 
 async def save_state(outbox: Outbox, stores: Iterable[TableStore]) -> None:
-    """Write the stores' changes into RocksDB, send their changelog records, wait until
-    Kafka has them all, then record the changelogs' persisted offsets the way Faust does
-    after each acknowledged write (a restarted worker replays its changelogs from there)."""
+    """Send the stores' changelog records, wait until Kafka has them all, then write the
+    changes into RocksDB and record the changelogs' persisted offsets the way Faust does
+    after each acknowledged write. In that order: a worker that dies in between restores
+    the changes from the changelog at its restart (Faust replays it from the persisted
+    offset), whereas local state ahead of an unsent changelog would never reach it."""
     tables = {}
+    pending = []
     for store in stores:
-        store.write_local()
         topic = store.table.changelog_topic.get_topic_name()
         tables[topic] = store.table
         changes, store.changes = store.changes, []
+        pending.append((store, changes))
         for partition, key, value in changes:
             outbox.add(topic, value, key=key, partition=partition)
-    for (topic, partition), offset in (await outbox.confirm()).items():
+    acknowledged = await outbox.confirm()
+    for store, changes in pending:
+        store.write_local(changes)
+    for (topic, partition), offset in acknowledged.items():
         tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
 
 

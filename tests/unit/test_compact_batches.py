@@ -134,3 +134,36 @@ def test_an_unreadable_compact_record_is_rejected_whole_and_the_rest_is_read() -
     # Without a decoder there is no reading compact records, and it says so.
     (_, ((_, _, reason),)) = reading_parser().group([value])
     assert "no decoder" in reason
+
+
+def test_a_value_whose_scaled_value_overflows_is_absent_on_both_paths() -> None:
+    """The record writes an infinite normalised value as null (orjson): the compact path
+    must read it as absent too, not as infinity."""
+    from tests.unit.test_native_decode import CODES
+
+    decoder = Decoder(scales={"1-0:1.8.0": 1e10})
+    stamps = [pb.DateTime(value=1_700_000_000 + 60 * n, scale=3) for n in range(3)]
+    body = _body(*(_item(uuid.UUID(int=9), stamp=stamp, values=[(CODES[0], 1e300 * (n + 1)),
+                                                                 (CODES[2], 5.0)])
+                   for n, stamp in enumerate(stamps)))
+    readings, entries = decoder.records_by_partition(body, FIELDS, EARLIEST_US, LATEST_US,
+                                                     lambda _: 0)
+    assert entries is not None
+    assert orjson.loads(readings[0][2])["values"][0]["normalised"] is None
+    parser = reading_parser(decoder.native)
+    compact = parser.group(list(compact_values([entries[0][1]])))[0]
+    json = parser.group([b"[" + b",".join(r for *_, r in readings) + b"]"])[0]
+    assert windows(compact) == windows(json)
+    assert all(energy is None for _, energy in windows(compact))
+
+
+def windows(groups: list[DeviceReadings]) -> list[tuple[bytes, float | None]]:
+    """Every window the groups' readings give (a sweep long after them finalizes all)."""
+    aggregator = Aggregator(WindowConfig(sizes=(60,)), {}, {})
+    out = []
+    for group in groups:
+        device = aggregator.device(group.device_id)
+        emitted = list(aggregator.apply(device, group, 0).emitted)
+        emitted += aggregator.sweep(device, 2**62).emitted
+        out += [(w.json, w.energy_import_wh) for w in emitted]
+    return out

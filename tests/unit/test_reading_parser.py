@@ -112,3 +112,15 @@ def test_unknown_codes_and_fields_are_ignored_and_null_means_absent() -> None:
     (group,), rejected = reading_parser().group([orjson.dumps(record)])
     assert rejected == []
     assert parsed(group) == [Sample(T0, None, None, 12.5)]
+
+
+def test_a_reading_dated_outside_the_years_1_to_9999_is_unusable() -> None:
+    """Window enumeration over such a time would overflow: the reading is dead-lettered."""
+    too_late = reading(A, T0, imp=1.0)
+    too_late["timestamp_us"] = 9_223_372_036_854_775_000
+    (group,), rejected = reading_parser().group([orjson.dumps([reading(A, T0, imp=1.0),
+                                                               too_late])])
+    assert len(group) == 1
+    ((_, _, reason),) = rejected
+    assert reason == ("unusable reading: timestamp_us 9223372036854775000 is outside the "
+                      "years 1..9999")
