@@ -71,9 +71,14 @@ class Window:
     json: bytes
     key: bytes
 
+_Record = tuple[bytes, bytes, int | None, list[tuple[str, bytes]]]
+
 @final
 class Outcome:
     emitted: list[Window]
+    records: list[_Record]
+    counts: list[tuple[int, str, int]]
+    newest: list[tuple[int, int, float | None, float | None]]
     late: list[tuple[int, str]]
     duplicates: int
     conflicting_duplicates: int
@@ -85,7 +90,8 @@ class Device:
     id: str
     head: dict[str, Any]
     def __init__(self, device_id: str, head: dict[str, Any] | None,
-                 load: Callable[[str], bytes | None]) -> None: ...
+                 load: Callable[[str], bytes | None], annotation: bytes | None = None
+                 ) -> None: ...
     def mark_head(self) -> None: ...
     def take_writes(self) -> tuple[list[tuple[str, bytes]], list[str], bool]: ...
 

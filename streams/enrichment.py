@@ -134,11 +134,11 @@ class Enrichment:
         extra = self._annotation(device_id, "name" in record)
         return {**record, **extra} if extra else record
 
-    def annotate_json(self, device_id: str, record: bytes) -> bytes:
-        """:meth:`annotate` on a record's JSON text (an object without a ``name``), without
-        parsing it: the annotation's keys go after the record's own."""
+    def annotation(self, device_id: str) -> bytes:
+        """What :meth:`annotate` adds to a record without a ``name``, as JSON object
+        members (``"ean":…,"customer_id":…``; empty when nothing is known)."""
         extra = self._annotation(device_id, False)
-        return record[:-1] + b"," + orjson.dumps(extra)[1:] if extra else record
+        return orjson.dumps(extra)[1:-1] if extra else b""
 
     def _annotation(self, device_id: str, named: bool) -> dict[str, Any]:
         place = self.place(device_id)

@@ -102,11 +102,11 @@ class Device:
     """One device's head and lazily loaded chunks; writes go back on :meth:`flush`."""
 
     def __init__(self, device_id: str, heads: MutableMapping[str, Any],
-                 chunks: MutableMapping[str, bytes]) -> None:
+                 chunks: MutableMapping[str, bytes], annotation: bytes = b"") -> None:
         self.id = device_id
         self._heads = heads
         self._chunks = chunks
-        self.native = _native.Device(device_id, heads.get(device_id), chunks.get)
+        self.native = _native.Device(device_id, heads.get(device_id), chunks.get, annotation)
 
     @property
     def head(self) -> dict[str, Any]:
@@ -138,8 +138,10 @@ class Aggregator:
                                        config.allowed_lateness, config.chunk,
                                        config.emit_interim)
 
-    def device(self, device_id: str) -> Device:
-        return Device(device_id, self.heads, self.chunks)
+    def device(self, device_id: str, annotation: bytes = b"") -> Device:
+        """A device's state; `annotation`: JSON members (``"k":v,...``) its window records
+        carry after their own (see :meth:`streams.enrichment.Enrichment.annotation`)."""
+        return Device(device_id, self.heads, self.chunks, annotation)
 
     def apply(self, device: Device, samples: DeviceReadings | Iterable[Sample],
               arrival_us: int) -> Outcome:

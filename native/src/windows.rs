@@ -20,7 +20,7 @@ use blake2::{Blake2b, Digest};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -105,6 +105,9 @@ pub struct Device {
     #[pyo3(get)]
     head: Py<PyDict>,
     load: Py<PyAny>,
+    /// JSON members (`"k":v,...`) added to each of the device's window records: its EAN,
+    /// address, customer and name when known.
+    annotation: Vec<u8>,
     chunks: HashMap<i64, Chunk, Fold>,
     dirty: BTreeSet<i64>,
     deleted: BTreeSet<i64>,
@@ -114,11 +117,12 @@ pub struct Device {
 #[pymethods]
 impl Device {
     /// `head`: the stored head (None for a new device); `load(key)`: a chunk's stored JSON
-    /// bytes, or None.
+    /// bytes, or None; `annotation`: JSON members added to its window records.
     #[new]
-    #[pyo3(signature = (device_id, head, load))]
+    #[pyo3(signature = (device_id, head, load, annotation=None))]
     fn new(py: Python<'_>, device_id: String, head: Option<Bound<'_, PyDict>>,
-           load: Py<PyAny>) -> PyResult<Self> {
+           load: Py<PyAny>, annotation: Option<&[u8]>) -> PyResult<Self> {
+        let annotation = annotation.unwrap_or_default().to_vec();
         let head_dirty = head.is_none();
         let head = match head {
             Some(dict) => dict.unbind(),
@@ -128,8 +132,8 @@ impl Device {
                 dict.unbind()
             }
         };
-        Ok(Device { id: device_id, head, load, chunks: HashMap::default(), dirty: BTreeSet::new(),
-                    deleted: BTreeSet::new(), head_dirty })
+        Ok(Device { id: device_id, head, load, annotation, chunks: HashMap::default(),
+                    dirty: BTreeSet::new(), deleted: BTreeSet::new(), head_dirty })
     }
 
     fn mark_head(&mut self) {
@@ -363,12 +367,53 @@ pub struct Window {
 #[derive(Default)]
 pub struct Outcome {
     emitted: Vec<Py<Window>>,
+    /// The emitted windows as records for `meter.aggregates`: (key, value, timestamp in ms,
+    /// headers), what the agent's outbox queues, so that it handles none of them one by one.
+    records: Vec<Py<PyTuple>>,
+    /// How many windows were emitted, by (size, "final" | "revision" | "interim").
+    counts: Vec<(i64, &'static str, u64)>,
+    /// Per size, the final window with the latest start: (size, start µs, import, export).
+    newest: Vec<(i64, i64, Option<f64>, Option<f64>)>,
     /// (position of the reading in the input, why it is too late)
     late: Vec<(usize, String)>,
     duplicates: u64,
     conflicting_duplicates: u64,
     revisions: u64,
     finals: u64,
+}
+
+impl Outcome {
+    fn add(&mut self, py: Python<'_>, window: Window) -> PyResult<()> {
+        let kind = match (window.is_final, window.revision) {
+            (false, _) => "interim",
+            (true, 0) => "final",
+            (true, _) => "revision",
+        };
+        match self.counts.iter_mut().find(|(size, k, _)| *size == window.size && *k == kind) {
+            Some(count) => count.2 += 1,
+            None => self.counts.push((window.size, kind, 1)),
+        }
+        if window.is_final {
+            let entry = (window.size, window.start_us, window.energy_import_wh,
+                         window.energy_export_wh);
+            match self.newest.iter_mut().find(|n| n.0 == window.size) {
+                Some(newest) if window.start_us >= newest.1 => *newest = entry,
+                Some(_) => {}
+                None => self.newest.push(entry),
+            }
+        }
+        // The window's start as the record's time; none (the producer's clock) for a start
+        // at or before the epoch, which Kafka would refuse.
+        let timestamp = (window.start_us > 0).then(|| window.start_us / 1000);
+        self.records.push(PyTuple::new(py, [
+            window.key.clone_ref(py).into_any(),
+            window.json.clone_ref(py).into_any(),
+            timestamp.into_pyobject(py)?.into_any().unbind(),
+            PyList::empty(py).into_any().unbind(),
+        ])?.unbind());
+        self.emitted.push(Py::new(py, window)?);
+        Ok(())
+    }
 }
 
 /// A window's content before it is published: kept as computed values so the digest (over
@@ -442,7 +487,7 @@ impl Windows {
             for (label, starts) in state.head.pending.clone() {
                 let size_us = label_size(&label)? * US;
                 for start in starts {
-                    windows.push(self.record(state, size_us, start, 0, false)?);
+                    windows.push(Py::new(state.py, self.record(state, size_us, start, 0, false)?)?);
                 }
             }
             Ok(windows)
@@ -579,8 +624,8 @@ impl Windows {
                     }
                 }
                 if self.emit_interim {
-                    let record = self.record(state, size_us, start, 0, false)?;
-                    outcome.emitted.push(record);
+                    let window = self.record(state, size_us, start, 0, false)?;
+                    outcome.add(state.py, window)?;
                 }
             }
         }
@@ -660,15 +705,14 @@ impl Windows {
         } else {
             outcome.finals += 1;
         }
-        outcome.emitted.push(publish(state.py, &state.device.id, &pieces, size_us, start,
-                                     revision, true)?);
-        Ok(())
+        let window = publish(state.py, state.device, &pieces, size_us, start, revision, true);
+        outcome.add(state.py, window)
     }
 
     fn record(&self, state: &mut State, size_us: i64, start: i64, revision: i64, is_final: bool)
-        -> PyResult<Py<Window>> {
+        -> PyResult<Window> {
         let pieces = self.content(state, size_us, start)?;
-        publish(state.py, &state.device.id, &pieces, size_us, start, revision, is_final)
+        Ok(publish(state.py, state.device, &pieces, size_us, start, revision, is_final))
     }
 
     fn content(&self, state: &mut State, size_us: i64, start: i64) -> PyResult<Pieces> {
@@ -746,11 +790,19 @@ fn label_size(label: &str) -> PyResult<i64> {
     label.parse().map_err(|_| PyValueError::new_err(format!("pending window size {label:?}")))
 }
 
+/// The window record: its JSON text (with the device's annotation) and key.
 #[allow(clippy::too_many_arguments)]
-fn publish(py: Python<'_>, device_id: &str, pieces: &Pieces, size_us: i64, start: i64,
-           revision: i64, is_final: bool) -> PyResult<Py<Window>> {
-    let mut json = Vec::with_capacity(512);
+fn publish(py: Python<'_>, device: &Device, pieces: &Pieces, size_us: i64, start: i64,
+           revision: i64, is_final: bool) -> Window {
+    let device_id = device.id.as_str();
+    let mut json = Vec::with_capacity(512 + device.annotation.len());
     pieces.write(&mut json, device_id, Some((revision, is_final)));
+    if !device.annotation.is_empty() {
+        json.pop(); // the closing brace: the annotation's members follow the record's
+        json.push(b',');
+        json.extend_from_slice(&device.annotation);
+        json.push(b'}');
+    }
     let mut key = Vec::with_capacity(device_id.len() + 32);
     key.extend_from_slice(device_id.as_bytes());
     key.push(b'|');
@@ -758,7 +810,7 @@ fn publish(py: Python<'_>, device_id: &str, pieces: &Pieces, size_us: i64, start
     key.push(b'|');
     let stamp = pieces.start.bytes();
     key.extend_from_slice(&stamp[1..stamp.len() - 1]); // unquoted
-    Py::new(py, Window {
+    Window {
         device_id: device_id.to_owned(),
         size: size_us / US,
         start_us: start,
@@ -768,7 +820,7 @@ fn publish(py: Python<'_>, device_id: &str, pieces: &Pieces, size_us: i64, start
         energy_export_wh: pieces.energy_values[EXP],
         json: PyBytes::new(py, &json).unbind(),
         key: PyBytes::new(py, &key).unbind(),
-    })
+    }
 }
 
 // -- pure window computation -----------------------------------------------------------------

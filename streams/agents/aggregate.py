@@ -47,7 +47,6 @@ from streams.windows import (
     Device,
     DeviceReadings,
     Outcome,
-    Window,
     reading_parser,
 )
 
@@ -240,7 +239,8 @@ class Batch:
     """Everything one batch of events changes, sent and written at its end."""
 
     now: int
-    emitted: list[Window] = field(default_factory=list)
+    # (device id, what applying its readings or sweeping it gave), in processing order
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     duplicates: int = 0
     revisions: int = 0
     alerts: list[dict[str, Any]] = field(default_factory=list)
@@ -249,8 +249,9 @@ class Batch:
     # (the device's readings, position of the late one, why)
     late: list[tuple[DeviceReadings, int, str]] = field(default_factory=list)
 
-    def add(self, outcome: Outcome) -> None:
-        self.emitted += outcome.emitted
+    def add(self, device_id: str, outcome: Outcome) -> None:
+        if outcome.emitted:
+            self.outcomes.append((device_id, outcome))
         self.duplicates += outcome.duplicates
         self.revisions += outcome.revisions
 
@@ -282,18 +283,13 @@ def register(pipeline: Pipeline) -> Any:
     async def send_outcome(batch: Batch) -> None:
         outbox = pipeline.outbox()
         kinds: collections.Counter[tuple[int, str]] = collections.Counter()
-        for window in batch.emitted:
-            outbox.add(
-                settings.topic_aggregates,
-                pipeline.enrichment.annotate_json(window.device_id, window.json),
-                key=window.key, device_id=window.device_id, timestamp=window.start_us / US)
-            if not window.final:  # METERSTREAM_AGGREGATE_INTERIM
-                kinds[(window.size, "interim")] += 1
-                continue
-            kinds[(window.size, "revision" if window.revision else "final")] += 1
-            pipeline.device_metrics.window(
-                window.device_id, window.size, window.start_us, window.energy_import_wh,
-                window.energy_export_wh)
+        # Per device, not per window: the native side made the records and the summaries.
+        for device_id, outcome in batch.outcomes:
+            outbox.add_device_batch(settings.topic_aggregates, device_id, outcome.records)
+            for size, kind, count in outcome.counts:  # kind "interim": AGGREGATE_INTERIM
+                kinds[(size, kind)] += count
+            for size, start_us, import_wh, export_wh in outcome.newest:
+                pipeline.device_metrics.window(device_id, size, start_us, import_wh, export_wh)
         for (size, kind), count in kinds.items():
             window_counter(size, kind).inc(count)
         for readings, position, reason in batch.late:
@@ -321,7 +317,7 @@ def register(pipeline: Pipeline) -> Any:
     def apply_readings(batch: Batch, readings: DeviceReadings, event: Any) -> None:
         device_id = readings.device_id
         with as_current(event):
-            device = aggregator.device(device_id)
+            device = aggregator.device(device_id, pipeline.enrichment.annotation(device_id))
         head = device.head
         head["partition"] = event.message.partition
         for text, count in readings.received:
@@ -334,7 +330,7 @@ def register(pipeline: Pipeline) -> Any:
         with as_current(event):
             outcome = aggregator.apply(device, readings, batch.now)
         batch.late += [(readings, position, reason) for position, reason in outcome.late]
-        batch.add(outcome)
+        batch.add(device_id, outcome)
         meter = pipeline.meter(device_id)
         back = offline.seen(device_id, head, batch.now, meter,
                             pipeline.threshold(device_id, meter))
@@ -370,11 +366,12 @@ def register(pipeline: Pipeline) -> Any:
             if device is None:
                 # The device lives in the tick's partition: its state is read from there.
                 with as_current(tick):
-                    device = aggregator.device(device_id)
+                    device = aggregator.device(
+                        device_id, pipeline.enrichment.annotation(device_id))
                 batch.devices[device_id] = device
                 batch.touched.append((device, tick))
             with as_current(tick):
-                batch.add(aggregator.sweep(device, now))
+                batch.add(device_id, aggregator.sweep(device, now))
             gone = offline.check(device_id, device.head, now, threshold, meter)
             if gone is not None:
                 batch.alerts.append(gone)
@@ -422,11 +419,14 @@ def register(pipeline: Pipeline) -> Any:
             for tick in ticks:
                 sweep_partition(batch, tick)
             await send_outcome(batch)
-            for window in batch.emitted:
-                device = batch.devices.get(window.device_id)
-                if device is not None and window.final:
-                    reconcile.fold(device.head, window.size, window.start_us,
-                                   window.energy_import_wh, window.energy_export_wh)
+            for device_id, outcome in batch.outcomes:
+                device = batch.devices.get(device_id)
+                if device is None:
+                    continue
+                for window in outcome.emitted:
+                    if window.size == reconcile.HOUR and window.final:
+                        reconcile.fold(device.head, window.size, window.start_us,
+                                       window.energy_import_wh, window.energy_export_wh)
             for device, event in batch.touched:
                 with as_current(event):
                     device.flush()

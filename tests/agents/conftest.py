@@ -94,8 +94,8 @@ async def make_pipeline(tmp_path: Path, clock: Clock, **overrides: Any
     async def send_records(topic: str, partition: int, records: list[Record]
                            ) -> list[tuple[list[Record], asyncio.Future[None]]]:
         outbox.records.setdefault(topic, []).extend(
-            Sent(r.key, r.value, r.timestamp_ms / 1000 if r.timestamp_ms else None,
-                 dict(r.headers), partition) for r in records)
+            Sent(key, value, timestamp_ms / 1000 if timestamp_ms else None, dict(headers),
+                 partition) for key, value, timestamp_ms, headers in records)
         return [(records, _delivered())]
 
     def partition_for(topic: str, key: bytes | None, device_id: str | None) -> int:

@@ -3,12 +3,14 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams import reconcile
 from streams.agents.vendors import mbus_alerts
 from streams.enrichment import Enrichment, day_hours, local_day
 from streams.smartme import Device, inventory_record
+from streams.windows import Aggregator, Sample, WindowConfig
 from tests.conftest import load_json
 
 SMARTME_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -38,6 +40,28 @@ def test_records_get_ean_address_customer_and_name(tmp_path: Path) -> None:
     other = "11111111-2222-4333-8444-555555555555"
     assert known.annotate(other, {"device_id": other}) == {"device_id": other}
     assert known.unmapped([SMARTME_ID, other]) == [other]
+
+
+def test_window_records_carry_the_annotation_after_their_own_keys(tmp_path: Path) -> None:
+    """The native window code appends the device's annotation to every record it writes:
+    the record is then what annotate() makes of it."""
+    known = enrichment(tmp_path)
+    aggregator = Aggregator(WindowConfig(sizes=(60,)), {}, {})
+    emitted = []
+    for device_id in (SMARTME_ID, "11111111-2222-4333-8444-555555555555"):
+        device = aggregator.device(device_id, known.annotation(device_id))
+        samples = [Sample(60_000_000 * m, imp=10.0 * m) for m in range(10)]
+        emitted += aggregator.apply(device, samples, 0).emitted
+    for window in emitted:
+        plain = Aggregator(WindowConfig(sizes=(60,)), {}, {})
+        device = plain.device(window.device_id)
+        (bare,) = [w for w in plain.apply(device, [Sample(60_000_000 * m, imp=10.0 * m)
+                                                   for m in range(10)], 0).emitted
+                   if w.start_us == window.start_us]
+        assert window.json == orjson.dumps(known.annotate(window.device_id,
+                                                          orjson.loads(bare.json)))
+    assert any(b'"ean"' in w.json for w in emitted)
+    assert known.annotation("11111111-2222-4333-8444-555555555555") == b""
 
 
 def test_mbus_meters_get_their_gateways_threshold_and_gateways_are_not_expected() -> None:

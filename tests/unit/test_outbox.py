@@ -28,7 +28,7 @@ class FlakyProducer:
             part = records[start:start + self.batch]
             self.attempts += [(topic, partition, record) for record in part]
             delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failing = [r.value for r in part if self.failures.get(r.value, 0) > 0]
+            failing = [r[1] for r in part if self.failures.get(r[1], 0) > 0]
             if failing:
                 for value in failing:
                     self.failures[value] -= 1
@@ -37,7 +37,7 @@ class FlakyProducer:
                     raise error
                 delivery.set_exception(error)
             else:
-                self.delivered += [r.value for r in part]
+                self.delivered += [r[1] for r in part]
                 delivery.set_result(None)
             sent.append((part, delivery))
         return sent
@@ -72,9 +72,9 @@ def test_confirm_sends_unacknowledged_batches_again_until_kafka_has_them(
     asyncio.run(batch())
     assert producer.delivered == [b"a", b"b", b"c"]
     # Only the failed batch (c alone) went again, exactly as first sent.
-    assert [r.value for _, _, r in producer.attempts] == [b"a", b"b", b"c", b"c", b"c"]
-    assert [(t, p, r) for t, p, r in producer.attempts if r.value == b"c"] == [
-        ("meter.readings", 1, Record(b"k", b"c", 1500, []))] * 3
+    assert [r[1] for _, _, r in producer.attempts] == [b"a", b"b", b"c", b"c", b"c"]
+    assert [(t, p, r) for t, p, r in producer.attempts if r[1] == b"c"] == [
+        ("meter.readings", 1, (b"k", b"c", 1500, []))] * 3
     assert resent._value.get() == 2
     assert "did not acknowledge 1 record(s) to meter.readings" in caplog.text
 
@@ -104,10 +104,10 @@ def test_records_go_per_partition_in_the_order_they_were_added() -> None:
         await outbox.confirm()
 
     asyncio.run(batch())
-    assert [(t, p, r.value) for t, p, r in producer.attempts] == [
+    assert [(t, p, r[1]) for t, p, r in producer.attempts] == [
         ("meter.readings", 1, b"a1"), ("meter.readings", 1, b"a2"),
         ("meter.readings", 2, b"b1"), ("meter.reading-batches", 5, b"p5")]
-    assert producer.attempts[2][2].headers == [("source", b"x")]
+    assert producer.attempts[2][2][3] == [("source", b"x")]
 
 
 def test_nothing_to_confirm_returns_at_once() -> None:
@@ -174,5 +174,5 @@ def test_records_for_a_topic_not_known_yet_wait_for_its_partitions() -> None:
 
     asyncio.run(batch())
     assert waits == ["meterstream.deadletter"] * 2
-    assert [(t, p, r.value) for t, p, r in producer.attempts] == [
+    assert [(t, p, r[1]) for t, p, r in producer.attempts] == [
         ("meterstream.deadletter", 4, b"bad")]

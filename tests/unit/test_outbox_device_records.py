@@ -73,3 +73,23 @@ def test_bulk_add_queues_what_one_add_per_record_queues() -> None:
 
 def test_bulk_add_of_nothing_queues_nothing() -> None:
     assert _sent(lambda outbox: outbox.add_device_records("t", [])) == ([], 0)
+
+
+def test_a_devices_ready_records_go_to_its_partition_as_one_add_each_would() -> None:
+    records = [(b"dev-a|60|x", b"v1", 1500, []), (b"dev-a|60|y", b"v2", None, [])]
+
+    def in_bulk(outbox: Outbox) -> None:
+        outbox.add_device_batch("meter.aggregates", "dev-a", records)
+        outbox.add_device_batch("meter.aggregates", "dev-new", records[:1])  # unplaced
+
+    def one_by_one(outbox: Outbox) -> None:
+        for key, value, timestamp_ms, _ in records:
+            outbox.add("meter.aggregates", value, key=key, device_id="dev-a",
+                       timestamp=timestamp_ms / 1000 if timestamp_ms else None)
+        outbox.add("meter.aggregates", b"v1", key=b"dev-a|60|x", device_id="dev-new",
+                   timestamp=1.5)
+
+    sent, queued = _sent(in_bulk)
+    assert (sent, queued) == _sent(one_by_one)
+    assert [(p, r) for _, p, r in sent] == [(1, records[0]), (1, records[1]),
+                                            (0, records[0])]

@@ -15,9 +15,9 @@ from streams.agents.outbox import Record
 
 def aiokafka_batches(records: list[Record], batch_size: int) -> list[bytes]:
     built, builder = [], BatchBuilder(batch_size, 0)
-    for record in records:
-        while builder.append(timestamp=record.timestamp_ms, key=record.key, value=record.value,
-                             headers=record.headers) is None:
+    for key, value, timestamp_ms, headers in records:
+        while builder.append(timestamp=timestamp_ms, key=key, value=value,
+                             headers=headers) is None:
             built.append(bytes(builder._build()))
             builder = BatchBuilder(batch_size, 0)
     built.append(bytes(builder._build()))
@@ -41,9 +41,9 @@ def random_records(rng: random.Random, count: int) -> list[Record]:
         return None if rng.random() < 0.1 else rng.randbytes(rng.choice([0, 3, 100, 5000]))
 
     base = 1_764_000_000_000
-    return [Record(blob(), blob(), base + rng.randint(-10**6, 10**9),
-                   [(rng.choice(["source", "request-id", "é"]), rng.randbytes(5))
-                    for _ in range(rng.randint(0, 2))])
+    return [(blob(), blob(), base + rng.randint(-10**6, 10**9),
+             [(rng.choice(["source", "request-id", "é"]), rng.randbytes(5))
+              for _ in range(rng.randint(0, 2))])
             for _ in range(count)]
 
 
@@ -60,12 +60,12 @@ def test_aiokafka_reads_them_back_with_a_valid_crc() -> None:
     batch = DefaultRecordBatch(raw)
     assert batch.validate_crc()
     got = [(r.key, r.value, r.timestamp, list(r.headers)) for r in batch]
-    assert got == [(r.key, r.value, r.timestamp_ms, r.headers) for r in records]
+    assert got == records
 
 
 def test_a_record_without_a_timestamp_gets_the_current_time() -> None:
     batch = _native.RecordBatch(1024)
-    assert batch.append([Record(b"k", b"v", None, [])], 0) == 1
+    assert batch.append([(b"k", b"v", None, [])], 0) == 1
     (record,) = list(DefaultRecordBatch(batch._build()))
     import time
 
@@ -74,7 +74,7 @@ def test_a_record_without_a_timestamp_gets_the_current_time() -> None:
 
 def test_producer_state_is_written_into_the_header() -> None:
     batch = _native.RecordBatch(1024)
-    batch.append([Record(b"k", b"v", 1, [])], 0)
+    batch.append([(b"k", b"v", 1, [])], 0)
     batch._set_producer_state(7, 3, 11)
     parsed = DefaultRecordBatch(batch._build())
     assert (parsed.producer_id, parsed.producer_epoch, parsed.base_sequence) == (7, 3, 11)
