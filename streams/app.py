@@ -158,6 +158,9 @@ class Pipeline:
         while first < len(records):
             batch = _native.RecordBatch(batch_size)
             end = batch.append(records, first)  # a batch always takes its first record
+            # Complete: without this the producer would hold it for its linger time, and
+            # every confirm() waited that long (aiokafka lingers on batches still open).
+            batch.close()
             sent.append((records[first:end],
                          await producer.send_batch(batch, topic, partition=partition)))
             first = end
