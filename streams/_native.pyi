@@ -75,7 +75,7 @@ _Record = tuple[bytes, bytes, int | None, list[tuple[str, bytes]]]
 
 @final
 class Outcome:
-    emitted: list[Window]
+    emitted: list[Window]  # made on each access: the records hold the same
     records: list[_Record]
     counts: list[tuple[int, str, int]]
     newest: list[tuple[int, int, float | None, float | None]]
@@ -84,6 +84,7 @@ class Outcome:
     conflicting_duplicates: int
     revisions: int
     finals: int
+    def finals_of(self, size: int) -> list[tuple[int, float | None, float | None]]: ...
 
 @final
 class Device:

@@ -363,23 +363,69 @@ pub struct Window {
     key: Py<PyBytes>,
 }
 
-#[pyclass(module = "streams._native", get_all)]
+#[pyclass(module = "streams._native")]
 #[derive(Default)]
 pub struct Outcome {
-    emitted: Vec<Py<Window>>,
+    /// Made into Python objects only when asked for (see `emitted`): the agent uses the
+    /// records and the summaries.
+    windows: Vec<Window>,
     /// The emitted windows as records for `meter.aggregates`: (key, value, timestamp in ms,
     /// headers), what the agent's outbox queues, so that it handles none of them one by one.
+    #[pyo3(get)]
     records: Vec<Py<PyTuple>>,
     /// How many windows were emitted, by (size, "final" | "revision" | "interim").
+    #[pyo3(get)]
     counts: Vec<(i64, &'static str, u64)>,
     /// Per size, the final window with the latest start: (size, start µs, import, export).
+    #[pyo3(get)]
     newest: Vec<(i64, i64, Option<f64>, Option<f64>)>,
     /// (position of the reading in the input, why it is too late)
+    #[pyo3(get)]
     late: Vec<(usize, String)>,
+    #[pyo3(get)]
     duplicates: u64,
+    #[pyo3(get)]
     conflicting_duplicates: u64,
+    #[pyo3(get)]
     revisions: u64,
+    #[pyo3(get)]
     finals: u64,
+    /// The records' headers: none, one list shared by all of them.
+    no_headers: Option<Py<PyList>>,
+}
+
+#[pymethods]
+impl Outcome {
+    /// The emitted windows, in the order they were emitted.
+    #[getter]
+    fn emitted(&self, py: Python<'_>) -> PyResult<Vec<Py<Window>>> {
+        self.windows.iter().map(|window| Py::new(py, window.clone_ref(py))).collect()
+    }
+
+    /// The final windows (first emissions and revisions) of a size in seconds:
+    /// (start µs, import Wh, export Wh).
+    fn finals_of(&self, size: i64) -> Vec<(i64, Option<f64>, Option<f64>)> {
+        self.windows.iter()
+            .filter(|window| window.is_final && window.size == size)
+            .map(|window| (window.start_us, window.energy_import_wh, window.energy_export_wh))
+            .collect()
+    }
+}
+
+impl Window {
+    fn clone_ref(&self, py: Python<'_>) -> Window {
+        Window {
+            device_id: self.device_id.clone(),
+            size: self.size,
+            start_us: self.start_us,
+            revision: self.revision,
+            is_final: self.is_final,
+            energy_import_wh: self.energy_import_wh,
+            energy_export_wh: self.energy_export_wh,
+            json: self.json.clone_ref(py),
+            key: self.key.clone_ref(py),
+        }
+    }
 }
 
 impl Outcome {
@@ -405,13 +451,14 @@ impl Outcome {
         // The window's start as the record's time; none (the producer's clock) for a start
         // at or before the epoch, which Kafka would refuse.
         let timestamp = (window.start_us > 0).then(|| window.start_us / 1000);
+        let headers = self.no_headers.get_or_insert_with(|| PyList::empty(py).unbind());
         self.records.push(PyTuple::new(py, [
             window.key.clone_ref(py).into_any(),
             window.json.clone_ref(py).into_any(),
             timestamp.into_pyobject(py)?.into_any().unbind(),
-            PyList::empty(py).into_any().unbind(),
+            headers.clone_ref(py).into_any(),
         ])?.unbind());
-        self.emitted.push(Py::new(py, window)?);
+        self.windows.push(window);
         Ok(())
     }
 }

@@ -6,9 +6,10 @@ as JSON arrays, one per readings partition per decode batch (see
 
 Faust glue around :mod:`streams.windows` (the window math and the parsing of the reading
 records are native). Per batch of events the agent groups readings by device, applies
-them (one state read and one write per device per batch), sweeps the
-quiet devices of every partition a tick arrived for, sends the window records, waits
-until Kafka acknowledged them, then writes the new state and waits until its changelog
+them (one state read and one write per device per batch; the window records go to the
+producer every few dozen devices, so that Kafka takes them in meanwhile), sweeps the
+quiet devices of every partition a tick arrived for, sends the rest, waits until Kafka
+acknowledged every window record, then writes the new state and waits until its changelog
 records are in Kafka too, and only then lets Faust ack the batch. A crash can therefore
 lose state changes but never records, and never state for committed readings: after a
 restart the uncommitted readings are applied again, and since window contents are a
@@ -22,6 +23,7 @@ table writes made while handling it go to the right changelog partition.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -56,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW = 0.05
+# Window records are handed to the producer every this many devices of a batch, so that
+# Kafka takes them in while the rest of the batch is computed.
+_SEND_EVERY = 64
 # Ticks carry this key as well as their own topic, so they are recognisable wherever an
 # event comes from (Faust's test_context gives every event the same topic name).
 TICK_KEY = b"\x00meterstream-tick"
@@ -236,9 +241,11 @@ def _parse_received(text: str) -> int | None:
 
 @dataclass
 class Batch:
-    """Everything one batch of events changes, sent and written at its end."""
+    """Everything one batch of events changes: its window records go out as it goes,
+    the rest at its end."""
 
     now: int
+    outbox: Outbox
     # (device id, what applying its readings or sweeping it gave), in processing order
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     duplicates: int = 0
@@ -248,9 +255,10 @@ class Batch:
     touched: list[tuple[Device, Any]] = field(default_factory=list)
     # (the device's readings, position of the late one, why)
     late: list[tuple[DeviceReadings, int, str]] = field(default_factory=list)
+    queued: int = 0  # outcomes whose records are in the outbox
 
     def add(self, device_id: str, outcome: Outcome) -> None:
-        if outcome.emitted:
+        if outcome.records:
             self.outcomes.append((device_id, outcome))
         self.duplicates += outcome.duplicates
         self.revisions += outcome.revisions
@@ -280,18 +288,25 @@ def register(pipeline: Pipeline) -> Any:
     def now_us() -> int:
         return int(pipeline.clock() * US)
 
-    async def send_outcome(batch: Batch) -> None:
-        outbox = pipeline.outbox()
+    async def send_windows(batch: Batch) -> None:
+        """Hand the window records of the outcomes so far to the producer."""
         kinds: collections.Counter[tuple[int, str]] = collections.Counter()
         # Per device, not per window: the native side made the records and the summaries.
-        for device_id, outcome in batch.outcomes:
-            outbox.add_device_batch(settings.topic_aggregates, device_id, outcome.records)
+        for device_id, outcome in batch.outcomes[batch.queued:]:
+            batch.outbox.add_device_batch(settings.topic_aggregates, device_id,
+                                          outcome.records)
             for size, kind, count in outcome.counts:  # kind "interim": AGGREGATE_INTERIM
                 kinds[(size, kind)] += count
             for size, start_us, import_wh, export_wh in outcome.newest:
                 pipeline.device_metrics.window(device_id, size, start_us, import_wh, export_wh)
+        batch.queued = len(batch.outcomes)
         for (size, kind), count in kinds.items():
             window_counter(size, kind).inc(count)
+        await batch.outbox.send()
+
+    async def send_outcome(batch: Batch) -> None:
+        await send_windows(batch)
+        outbox = batch.outbox
         for readings, position, reason in batch.late:
             original = orjson.loads(readings.record(position))
             device = readings.device_id
@@ -413,9 +428,12 @@ def register(pipeline: Pipeline) -> Any:
             groups, rejected = parser.group([event.value or b"" for event in records])
             for index, body, reason in rejected:
                 await pipeline.reject_reading(records[index], body, reason)
-            batch = Batch(now=now_us())
-            for readings in groups:
+            batch = Batch(now=now_us(), outbox=pipeline.outbox())
+            for number, readings in enumerate(groups, 1):
                 apply_readings(batch, readings, records[readings.last_value])
+                if number % _SEND_EVERY == 0:
+                    await send_windows(batch)
+                    await asyncio.sleep(0)  # the producer's sender runs: they go out now
             for tick in ticks:
                 sweep_partition(batch, tick)
             await send_outcome(batch)
@@ -423,10 +441,8 @@ def register(pipeline: Pipeline) -> Any:
                 device = batch.devices.get(device_id)
                 if device is None:
                     continue
-                for window in outcome.emitted:
-                    if window.size == reconcile.HOUR and window.final:
-                        reconcile.fold(device.head, window.size, window.start_us,
-                                       window.energy_import_wh, window.energy_export_wh)
+                for start_us, import_wh, export_wh in outcome.finals_of(reconcile.HOUR):
+                    reconcile.fold(device.head, reconcile.HOUR, start_us, import_wh, export_wh)
             for device, event in batch.touched:
                 with as_current(event):
                     device.flush()

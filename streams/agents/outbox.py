@@ -56,8 +56,11 @@ class Outbox:
         self._pending: dict[tuple[str, int], list[Record]] = {}
         # Records for a topic whose partitions the producer did not know yet.
         self._unplaced: list[tuple[str, bytes | None, str | None, Record]] = []
+        # Handed to the producer by send(), not confirmed yet.
+        self._in_flight: list[tuple[str, int, list[Record], Awaitable[Any]]] = []
 
     def __len__(self) -> int:
+        """Records queued and not handed to the producer yet."""
         return sum(len(records) for records in self._pending.values()) + len(self._unplaced)
 
     def add(self, topic: str, value: bytes | None, *, key: bytes | None = None,
@@ -122,15 +125,21 @@ class Outbox:
         else:
             records.append(record)
 
-    async def confirm(self) -> dict[tuple[str, int], int]:
-        """Send what was queued; return once Kafka acknowledged every record of it, with
-        the offset of the last record per topic partition (where the producer tells)."""
+    async def send(self) -> None:
+        """Hand what was queued to the producer now, without waiting for Kafka: it goes
+        out while the caller works on. :meth:`confirm` waits for it."""
         await self._place_unplaced()
         groups, self._pending = self._pending, {}
-        last: dict[tuple[str, int], int] = {}
-        attempts: list[tuple[str, int, list[Record], Awaitable[Any]]] = []
         for (topic, partition), records in groups.items():
-            attempts += await self._attempt(topic, partition, records)
+            self._in_flight += await self._attempt(topic, partition, records)
+
+    async def confirm(self) -> dict[tuple[str, int], int]:
+        """Send what was queued; return once Kafka acknowledged every record sent since
+        the last confirm, with the offset of the last record per topic partition (where
+        the producer tells)."""
+        await self.send()
+        attempts, self._in_flight = self._in_flight, []
+        last: dict[tuple[str, int], int] = {}
         delay = self.first_delay
         while attempts:
             failed: list[tuple[str, int, list[Record], BaseException]] = []

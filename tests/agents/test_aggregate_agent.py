@@ -131,6 +131,25 @@ async def test_a_record_of_readings_is_aggregated_and_its_bad_items_dead_lettere
         assert app.device_snapshot(device)["latest_reading"]["imp"] in (130.0, 560.0)
 
 
+async def test_a_batch_of_many_meters_sends_each_window_once(
+    pipeline: tuple[Pipeline, Outbox]
+) -> None:
+    """Window records leave in parts while a large batch is computed: all of them, once."""
+    app, outbox = pipeline
+    devices = [f"00000000-0000-0000-0000-{n:012d}" for n in range(150)]
+    body = [reading(minute, 100.0 + n + minute * 30, device=device)
+            for minute in (0, 1, 10) for n, device in enumerate(devices)]
+    async with app.aggregate_agent.test_context() as agent:
+        await agent.put(key=None, value=b"[" + b",".join(body) + b"]")
+        await wait_until(lambda: counter(app.metrics.aggregated) == len(body))
+    sent = outbox.of(app.settings.topic_aggregates)
+    assert len(sent) == len({record.key for record in sent})
+    emitted = windows(outbox, app)
+    for device in devices:
+        first = emitted[f"{device}|60|2023-11-14T22:00:00Z".encode()]
+        assert (first["energy_import_wh"], first["final"]) == (30.0, True)
+
+
 async def test_too_late_readings_of_two_meters_at_the_same_time_keep_their_meter(
     pipeline: tuple[Pipeline, Outbox]
 ) -> None:

@@ -176,3 +176,22 @@ def test_records_for_a_topic_not_known_yet_wait_for_its_partitions() -> None:
     assert waits == ["meterstream.deadletter"] * 2
     assert [(t, p, r[1]) for t, p, r in producer.attempts] == [
         ("meterstream.deadletter", 4, b"bad")]
+
+
+def test_records_sent_early_are_confirmed_and_sent_again_like_the_rest() -> None:
+    producer = FlakyProducer({b"a2": 1}, batch=1)
+
+    async def batch() -> None:
+        outbox = Outbox(producer.send_records, partition_for, no_wait, counter(),
+                        first_delay=0.01)
+        outbox.add("meter.aggregates", b"a1", device_id="dev-a")
+        outbox.add("meter.aggregates", b"a2", device_id="dev-a")
+        await outbox.send()  # out now, while the caller goes on
+        assert len(outbox) == 0 and producer.delivered == [b"a1"]
+        outbox.add("meter.aggregates", b"b1", device_id="dev-b")
+        await outbox.confirm()  # waits for (and resends) what send() handed over too
+        assert await outbox.confirm() == {}  # and only once
+
+    asyncio.run(batch())
+    assert sorted(producer.delivered) == [b"a1", b"a2", b"b1"]
+    assert [r[1] for _, _, r in producer.attempts] == [b"a1", b"a2", b"b1", b"a2"]

@@ -102,6 +102,12 @@ class Both:
                 record["device_id"], record["size"], record["revision"], record["final"])
             assert window.key == (f"{record['device_id']}|{record['size']}|"
                                   f"{record['window_start']}").encode()
+        assert [(key, value) for key, value, _, _ in got.records] == [
+            (w.key, w.json) for w in got.emitted]
+        for size in {record["size"] for record in expected.emitted}:
+            assert got.finals_of(size) == [
+                (w.start_us, w.energy_import_wh, w.energy_export_wh)
+                for w in got.emitted if w.final and w.size == size]
         assert (got.duplicates, got.conflicting_duplicates, got.revisions, got.finals) == (
             expected.duplicates, expected.conflicting_duplicates, expected.revisions,
             expected.finals)
