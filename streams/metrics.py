@@ -570,9 +570,11 @@ def setup_prometheus(app: Any, devices: DeviceMetrics, name_prefix: str,
     """
     # Here, not at the top: the bridge imports this module and runs no Faust.
     from aiohttp.web import Response
-    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+    from faust.sensors.prometheus import FaustMetrics
 
-    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(
+    from streams.faust_monitor import FaustMonitor
+
+    app.monitor = FaustMonitor(metrics=FaustMetrics.create(
         devices.registry, name_prefix.replace("-", "_").replace(".", "_")))
 
     async def metrics_handler(_view: Any, request: Any) -> Response:
