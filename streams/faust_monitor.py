@@ -2,9 +2,9 @@
 
 Faust calls its monitor four times for every event an agent takes. Its PrometheusMonitor
 looks up a labelled child per topic, per partition and per stream on each of those events,
-and normalizes the stream's label with regular expressions each time: ~29 µs per event in
+and normalizes the stream's label with regular expressions each time: ~30 µs per event in
 a micro-benchmark, about 3 µs per reading for a body of 10 readings. This monitor exports
-the same metrics with the same values, looking each child up once.
+the same metrics with the same values, looking each child up once (~16 µs per event).
 """
 
 from __future__ import annotations
