@@ -1,0 +1,88 @@
+"""Faust's aiokafka consumer, handing fetched messages to the agents' streams without four
+tasks per message.
+
+Faust's fetch loop hands every message over as ``wait_first(callback(message),
+suspend_flow.wait())``: it must stop waiting when a rebalance suspends the flow while a
+stream's buffer is full. mode's ``wait_first`` wraps each of the two, and the consumer's
+stopped and crashed events, in a task, waits for the first, and cancels the other three:
+~47 µs per message in a micro-benchmark, paid for every body a meter posts. Handing a
+message over mostly completes without waiting (the stream's buffer has room), so this
+consumer first runs the callback directly; only if it has to wait does the callback go
+on in a task, waited for the general way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from faust.transport.drivers.aiokafka import Consumer, Transport
+from mode.services import WaitResults
+
+
+class _Continued:
+    """Awaiting it runs a started coroutine on from the point where it yielded `yielded`,
+    passing on to it whatever the awaiting task sends or throws, as ``await`` would have."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # handed on, as await hands it on
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _continue(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    return await _Continued(coro, yielded)
+
+
+class FastHandoverConsumer(Consumer):
+    # mode's signature, timeout included (the fetch loop passes none)
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:  # noqa: ASYNC109
+        first = coros[0] if coros else None
+        if (timeout is not None or not asyncio.iscoroutine(first) or self.suspend_flow.is_set()
+                or self._stopped.is_set() or self._crashed.is_set()):
+            return await super().wait_first(*coros, timeout=timeout)
+        rest = coros[1:]
+        try:
+            yielded = first.send(None)
+        except StopIteration as done:
+            _close(rest)
+            return WaitResults([first], [done.value], False)
+        except BaseException:
+            _close(rest)
+            raise
+        return await super().wait_first(
+            asyncio.ensure_future(_continue(first, yielded)), *rest)
+
+
+class FastHandoverTransport(Transport):
+    """Faust's aiokafka transport (``kafka://``), with the consumer above."""
+
+    Consumer = FastHandoverConsumer
+
+
+def _close(coros: tuple[Any, ...]) -> None:
+    """Close coroutines that will never run (else Python warns they were never awaited)."""
+    for coro in coros:
+        if asyncio.iscoroutine(coro):
+            coro.close()
