@@ -329,10 +329,15 @@ def register(pipeline: Pipeline) -> Any:
         # Records first, state second: see the module docstring.
         await outbox.confirm()
 
+    def device_state(device_id: str, event: Any) -> Device:
+        """A device's state, read from the partition of `event` (see as_current); its
+        window records carry what enrichment knows of it."""
+        with as_current(event):
+            return aggregator.device(device_id, pipeline.enrichment.annotation(device_id))
+
     def apply_readings(batch: Batch, readings: DeviceReadings, event: Any) -> None:
         device_id = readings.device_id
-        with as_current(event):
-            device = aggregator.device(device_id, pipeline.enrichment.annotation(device_id))
+        device = device_state(device_id, event)
         head = device.head
         head["partition"] = event.message.partition
         for text, count in readings.received:
@@ -380,9 +385,7 @@ def register(pipeline: Pipeline) -> Any:
                 continue
             if device is None:
                 # The device lives in the tick's partition: its state is read from there.
-                with as_current(tick):
-                    device = aggregator.device(
-                        device_id, pipeline.enrichment.annotation(device_id))
+                device = device_state(device_id, tick)
                 batch.devices[device_id] = device
                 batch.touched.append((device, tick))
             with as_current(tick):
@@ -402,8 +405,7 @@ def register(pipeline: Pipeline) -> Any:
                 continue
             if pipeline.partition_of(device_id) != partition:
                 continue
-            with as_current(tick):
-                device = aggregator.device(device_id)
+            device = device_state(device_id, tick)
             device.head["partition"] = partition
             offline.check(device_id, device.head, now, pipeline.threshold(device_id, meter),
                           meter)

@@ -75,7 +75,7 @@ class Outbox:
         if partition is None:
             self._unplaced.append((topic, key, device_id, record))
             return
-        self._place(topic, partition, record)
+        self._queue(topic, partition).append(record)
 
     def add_device_records(self, topic: str, records: Iterable[tuple[str, int, bytes]],
                            headers: dict[str, bytes] | None = None) -> None:
@@ -118,12 +118,6 @@ class Outbox:
             records = self._pending[(topic, partition)] = []
         return records
 
-    def _place(self, topic: str, partition: int, record: Record) -> None:
-        records = self._pending.get((topic, partition))
-        if records is None:
-            self._pending[(topic, partition)] = [record]
-        else:
-            records.append(record)
 
     async def send(self) -> None:
         """Hand what was queued to the producer now, without waiting for Kafka: it goes
@@ -182,7 +176,7 @@ class Outbox:
                               topic, type(exc).__name__, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_delay)
-            self._place(topic, partition, record)
+            self._queue(topic, partition).append(record)
 
     async def _attempt(self, topic: str, partition: int, records: list[Record]
                        ) -> list[tuple[str, int, list[Record], Awaitable[Any]]]:
