@@ -8,6 +8,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use crate::decode::push_varint;
+
 /// BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,
 /// FirstTimestamp, MaxTimestamp, ProducerId, ProducerEpoch, BaseSequence, Records count.
 const HEADER: usize = 8 + 4 + 4 + 1 + 4 + 2 + 4 + 8 + 8 + 8 + 2 + 4 + 4;
@@ -190,17 +192,15 @@ fn push_optional_bytes(out: &mut Vec<u8>, data: &Bound<'_, PyAny>) -> PyResult<(
 
 /// A zigzag varint, as Kafka's records use for every length and delta.
 fn push_varlong(out: &mut Vec<u8>, value: i64) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    while zigzag >= 0x80 {
-        out.push((zigzag as u8) | 0x80);
-        zigzag >>= 7;
-    }
-    out.push(zigzag as u8);
+    push_varint(out, zigzag(value));
 }
 
 fn varlong_size(value: i64) -> usize {
-    let zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    (64 - (zigzag | 1).leading_zeros() as usize).div_ceil(7)
+    (64 - (zigzag(value) | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -194,11 +194,11 @@ impl ReadingParser {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut rejected = Vec::new();
+        let mut grouping = Grouping { py, groups: &mut groups, index: &mut index, values: &values,
+                                      decoder: &self.decoder };
         for (value_index, value) in values.iter().enumerate() {
             let bytes = value.bind(py).as_bytes();
             if bytes.starts_with(COMPACT) {
-                let mut grouping = Grouping { py, groups: &mut groups, index: &mut index, values: &values,
-                                              decoder: &self.decoder };
                 if let Err(reason) = self.compact(py, value_index, bytes, &mut grouping)? {
                     rejected.push((value_index, PyBytes::new(py, bytes), format!(
                         "not a readable reading-batches record: {reason}")));
@@ -213,8 +213,6 @@ impl ReadingParser {
                     continue;
                 }
             };
-            let mut grouping = Grouping { py, groups: &mut groups, index: &mut index, values: &values,
-                                          decoder: &self.decoder };
             for raw in items {
                 let text = raw.get();
                 let start = text.as_ptr() as usize - bytes.as_ptr() as usize;

@@ -1248,7 +1248,8 @@ impl Head {
     /// those that changed, since rebuilding unchanged lists was a visible cost per device.
     fn store(&self, py: Python<'_>, dict: &Bound<'_, PyDict>, read: Option<&Head>) -> PyResult<()> {
         let all = read.is_none();
-        let read = read.cloned().unwrap_or_default();
+        let nothing = Head::default();
+        let read = read.unwrap_or(&nothing);
         if all || self.event_time != read.event_time {
             dict.set_item(intern!(py, "event_time"), self.event_time)?;
         }
