@@ -112,14 +112,17 @@ async def _metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
     return 0.0
 
 
-async def worker_rate(settings: Settings, expected: int, log: Path
+async def worker_rate(settings: Settings, expected: int, log: Path, tree: Path | None = None
                       ) -> tuple[float, float, float]:
     """Start a worker on the backlog; readings/s from its first to its last aggregation,
     its RSS, and the CPU time it spent per reading meanwhile (µs; steadier than the rate
-    on a shared machine)."""
-    process = subprocess.Popen([sys.executable, "-m", "streams", "worker"],
-                               env={**os.environ, **settings.to_env()},
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    on a shared machine). `tree`: a checkout whose code the worker runs instead of this
+    one (see bench.compare)."""
+    env = {**os.environ, **settings.to_env()}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)  # ahead of the installed (editable) package
+    process = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
+                               cwd=tree, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{settings.worker_port}/metrics"
     try:
         async with aiohttp.ClientSession() as session:
