@@ -199,12 +199,16 @@ def run() -> None:
                                                         Path(tmp) / f"worker{repeat}.log"))
             rates.append(rate)
             cpu.append(cpu_us)
-            print(f"  run {repeat + 1}: {rate:,.0f} readings/s, {cpu_us:.0f} µs CPU per reading",
-                  flush=True)
+            print(f"  run {repeat + 1}: {rate:,.0f} readings/s, {cpu_us:.0f} µs CPU per reading "
+                  f"(busy {rate * cpu_us / 1e6:.0%})", flush=True)
             rss.append(mib)
             per_device.append(asyncio.run(state_bytes(settings)))
+    # The share of the run the worker's CPU was busy: below 1 it waited (for its input or
+    # for Kafka's acknowledgements); its threads together can exceed 1.
+    busy = [rate * cpu_us / 1e6 for rate, cpu_us in zip(rates, cpu, strict=True)]
     note = (f"{DEVICES} devices × {READINGS_PER_DEVICE} readings, {PER_BODY} per body; "
-            f"worker CPU {median(cpu):.0f} µs/reading; RSS {median(rss):.0f} MiB; "
+            f"worker CPU {median(cpu):.0f} µs/reading, busy {median(busy):.0%} of the run; "
+            f"RSS {median(rss):.0f} MiB; "
             f"state {median(per_device) / 1024:.1f} KiB/device")
     report("Decode + aggregate, one worker process, RocksDB + changelogs, 3 window sizes", [
         Row("worker: raw → readings → windows", median(rates), "readings/s",
