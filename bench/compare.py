@@ -85,7 +85,8 @@ def run(candidates: list[Candidate], rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="The worker bench of several checkouts, alternately, on one broker.")
     parser.add_argument("trees", nargs="+", help="checkout[:setting=value,...]")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
