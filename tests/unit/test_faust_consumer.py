@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from faust.types import TP, Message
 
 from streams.app import make_faust_app
 from streams.config import Settings
@@ -88,3 +89,37 @@ async def test_errors_of_the_callback_come_through(consumer: Any) -> None:
         await consumer.wait_first(at_once(1), consumer.suspend_flow.wait())
     with pytest.raises(KeyError, match="bad later"):
         await consumer.wait_first(later(1), consumer.suspend_flow.wait())
+
+
+def _message(topic: str, offset: int) -> Any:
+    return Message(topic, 0, offset, 0.0, 0, [], b"key", b"body", None, tp=TP(topic, 0))
+
+
+async def test_a_directly_handed_topic_skips_the_streams_until_done() -> None:
+    """Its messages go to the handler, pending (a rebalance waits for them) until the
+    handler's owner is done with them; other topics' messages still go to the streams."""
+    app = make_faust_app(Settings(kafka_bootstrap="127.0.0.1:1"))
+    app.loop = asyncio.get_running_loop()
+    handed: list[Any] = []
+
+    async def handler(message: Any) -> None:
+        handed.append(message)
+
+    app.topics.add(app.topic("raw"))  # subscribed, by an agent in the worker
+    await app.topics._update_indices()  # as subscribing does: acks are on for it
+    app.transport.hand_directly("raw", handler)
+    streamed: list[Any] = []
+
+    async def streams(message: Any) -> None:  # Faust's conductor, for the other topics
+        streamed.append(message)
+
+    consumer = app.transport.create_consumer(
+        callback=streams, on_partitions_revoked=None, on_partitions_assigned=None)
+    raw, other = _message("raw", 5), _message("other", 9)
+    await consumer.callback(raw)
+    assert handed == [raw] and raw in consumer._unacked_messages
+    consumer.done(raw)
+    assert raw.acked and raw not in consumer._unacked_messages
+    assert consumer._acked[TP("raw", 0)] == [5]  # Faust commits past it
+    await consumer.callback(other)
+    assert handed == [raw] and streamed == [other]
