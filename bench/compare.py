@@ -22,10 +22,10 @@ import asyncio
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench import aggregate_bench
 from bench.common import broker, median
+from streams.config import PREFIX, Settings
 
 
 @dataclass
@@ -46,11 +46,13 @@ def parse(spec: str) -> Candidate:
     return Candidate(spec, path, overrides)
 
 
-def _typed(settings: Any, name: str, text: str) -> Any:
-    current = getattr(settings, name)
-    if isinstance(current, bool):
-        return text.lower() in ("1", "true", "yes")
-    return type(current)(text)
+def _with(settings: Settings, overrides: dict[str, str]) -> Settings:
+    """`settings` with some given as their ``METERSTREAM_*`` text, parsed as the worker
+    parses its environment."""
+    if not overrides:
+        return settings
+    return Settings.from_env({**settings.to_env(), **{
+        PREFIX + name.upper(): text for name, text in overrides.items()}})
 
 
 def run(candidates: list[Candidate], rounds: int) -> None:
@@ -59,11 +61,8 @@ def run(candidates: list[Candidate], rounds: int) -> None:
         for number in range(rounds):
             order = candidates if number % 2 == 0 else candidates[::-1]
             for index, candidate in enumerate(order):
-                settings = aggregate_bench._settings(
-                    bootstrap, Path(tmp) / f"state-{number}-{index}")
-                settings = settings.replace(**{
-                    name: _typed(settings, name, text)
-                    for name, text in candidate.overrides.items()})
+                settings = _with(aggregate_bench._settings(
+                    bootstrap, Path(tmp) / f"state-{number}-{index}"), candidate.overrides)
                 asyncio.run(aggregate_bench.produce_raw(settings, readings))
                 rate, _, cpu = asyncio.run(aggregate_bench.worker_rate(
                     settings, len(readings), Path(tmp) / f"worker-{number}-{index}.log",

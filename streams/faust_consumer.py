@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Consumer, Transport
 from mode.services import WaitResults
@@ -71,7 +71,7 @@ class FastHandoverConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         streams = self.callback
-        direct: dict[str, Handler] = getattr(self.transport, "direct", {})
+        direct = cast("FastHandoverTransport", self.transport).direct
 
         async def callback(message: Any) -> Any:
             handler = direct.get(message.topic)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -148,7 +148,7 @@ def register(pipeline: Pipeline) -> Any:
     # Without it the decoder returns no compact entries: the batches go as JSON.
     cut_by_partition = partition_of if settings.compact_reading_batches else None
 
-    async def decode_bodies(events: list[Any]) -> None:
+    async def decode_bodies(events: Sequence[Any]) -> None:
         """Decode a batch of raw bodies; returns once Kafka has every record they gave."""
         outbox = pipeline.outbox()
         batches = ReadingBatches()
@@ -177,7 +177,7 @@ def register(pipeline: Pipeline) -> Any:
         # What reaches the agent's stream: raw bodies when the transport cannot hand them
         # over directly (tests' test_context), nothing otherwise.
         async for events in stream.take_events(settings.decode_batch, within=_BATCH_WINDOW):
-            await decode_bodies(list(events))
+            await decode_bodies(events)
 
     transport = pipeline.app.transport
     if isinstance(transport, FastHandoverTransport):

@@ -118,7 +118,6 @@ class Outbox:
             records = self._pending[(topic, partition)] = []
         return records
 
-
     async def send(self) -> None:
         """Hand what was queued to the producer now, without waiting for Kafka: it goes
         out while the caller works on. :meth:`confirm` waits for it."""
