@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -271,7 +271,9 @@ class Pipeline:
 
     def offset_check(self, topic: str) -> Callable[[Any], Awaitable[None]]:
         """A check an agent runs on every event it takes from `topic`: rewinds the
-        partition when offsets before the event never arrived (streams.agents.gaps)."""
+        partition when offsets before the event never arrived (streams.agents.gaps).
+        Until they have come, the partition is not committed past them."""
+        cast(FastHandoverTransport, self.app.transport).commit_strictly(topic)
         guard = GapGuard()
 
         async def on_assigned(_sender: Any, assigned: Any = (), **_: Any) -> None:

@@ -16,15 +16,28 @@ its buffer and their sensors, which cost ~10 µs per reading with 10-reading bod
 (alternating runs of the worker bench: 0.75 of the CPU per reading). Faust still fetches
 them, owns the partitions and commits what the handler's owner acks
 (:meth:`FastHandoverConsumer.done`); a rebalance still waits for those acks.
+
+Topics can be committed strictly (:meth:`FastHandoverTransport.commit_strictly`): never
+past an offset that was not acked. Faust's own rule commits past unacked offsets in three
+cases, each of which loses records when the partition's next owner starts at that commit:
+offsets its fetch loop skipped count as acked (it takes them for compaction or
+transaction markers); a single missing offset at the head of the acked ones is passed
+over (an off-by-one, faust-streaming issue #606); and while a rebalance waits for the
+last acks it has forgotten the committed offset, so any hole at the head is passed over.
+Our topics are neither compacted nor transactional: a missing offset is a record still to
+be processed (the agents' gap guard fetches it again), so the commit waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+import bisect
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Consumer, Transport
+from faust.types import TP
+from faust.utils.functional import consecutive_numbers
 from mode.services import WaitResults
 
 
@@ -71,9 +84,18 @@ class FastHandoverConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         streams = self.callback
-        direct = cast("FastHandoverTransport", self.transport).direct
+        transport = cast("FastHandoverTransport", self.transport)
+        direct = transport.direct
+        self._strict = strict = transport.strict
+        # Per strictly committed partition: every offset below it is processed, so the
+        # next commit must start there (set from the committed offset at each seek to it,
+        # or the first offset fetched when there is none).
+        self._resume_at: dict[TP, int] = {}
+        resume_at = self._resume_at
 
         async def callback(message: Any) -> Any:
+            if message.topic in strict and message.tp not in resume_at:
+                resume_at[message.tp] = message.offset
             handler = direct.get(message.topic)
             if handler is None:
                 return await streams(message)
@@ -88,6 +110,42 @@ class FastHandoverConsumer(Consumer):
         """A directly handed message is processed: Faust may commit past it."""
         self.ack(message)
         self.app.sensors.on_message_out(message.tp, message.offset, message)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if tp.topic not in self._strict:
+            return super()._new_offset(tp)
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        acked.sort()
+        index = self._acked_index[tp]
+        start = self._resume_at.get(tp)
+        if start is not None:
+            # Offsets below it were processed again (after a rewind): committed already.
+            below = bisect.bisect_left(acked, start)
+            if below:
+                index.difference_update(acked[:below])
+                del acked[:below]
+            if not acked or acked[0] != start:
+                return None  # the next offset to commit is not processed yet
+        run = next(consecutive_numbers(acked))
+        del acked[:len(run)]
+        index.difference_update(run)
+        self._resume_at[tp] = resume = run[-1] + 1
+        return resume
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in self._strict:  # a skip on a strict topic is no marker
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        resume_at = self._resume_at
+        for tp, offset in committed.items():
+            if tp.topic in self._strict and offset is not None and offset >= 0:
+                # Ahead when our last commit did not land: below it, we processed all.
+                resume_at[tp] = max(offset, resume_at.get(tp, offset))
+        return committed
 
     # mode's signature, timeout included (the fetch loop passes none)
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:  # noqa: ASYNC109
@@ -116,11 +174,17 @@ class FastHandoverTransport(Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direct: dict[str, Handler] = {}
+        self.strict: set[str] = set()
 
     def hand_directly(self, topic: str, handler: Handler) -> None:
         """Messages of `topic` go to `handler` instead of Faust's streams (an agent must
         still subscribe to it: Faust fetches only what agents subscribe to)."""
         self.direct[topic] = handler
+
+    def commit_strictly(self, topic: str) -> None:
+        """Never commit `topic`'s partitions past an offset that was not acked (for a
+        topic that is neither compacted nor written in transactions)."""
+        self.strict.add(topic)
 
 
 def _close(coros: tuple[Any, ...]) -> None:

@@ -11,8 +11,10 @@ arrives beyond the next expected offset, the agent processes it as usual and rew
 partition to the first missing offset; events that come twice are harmless (decoding
 again yields the same readings, applying a reading again changes nothing). A rewind can be
 undone by a fetch still in flight, so until the missing offsets have come the guard asks
-again every `retry_after` seconds; after `give_up` seconds it logs and stops asking. As
-the missing offsets were never acked, a restart or rebalance also fetches them again.
+again every `retry_after` seconds, and after `patience` seconds (logged) every
+`slow_retry` seconds. It never stops asking: the partition is not committed past the
+missing offsets (streams.faust_consumer, strict commits), so a restart or the next owner
+would read them again, but until then their records would wait.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ class _Hole:
     end: int  # last missing offset
     since: float
     asked: float  # when the last rewind was asked for
+    slow: bool = False  # past the guard's patience
 
 
 class GapGuard:
-    def __init__(self, retry_after: float = 2.0, give_up: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, retry_after: float = 2.0, patience: float = 60.0,
+                 slow_retry: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.retry_after = retry_after
-        self.give_up = give_up
+        self.patience = patience
+        self.slow_retry = slow_retry
         self.clock = clock
         self.last: dict[Hashable, int] = {}
         self.holes: dict[Hashable, _Hole] = {}
@@ -76,12 +80,14 @@ class GapGuard:
                       tp, last + 1, offset - 1, hole.first)
             return hole.first
         self.last[tp] = offset if last is None else max(last, offset)
-        if hole is None or now - hole.asked < self.retry_after:
+        if hole is None:
             return None
-        if now - hole.since >= self.give_up:
-            log.error("%s: offsets %d..%d did not come back within %.0f s; no longer "
-                      "waiting for them", tp, hole.first, hole.end, self.give_up)
-            del self.holes[tp]
+        if not hole.slow and now - hole.since >= self.patience:
+            hole.slow = True
+            log.error("%s: offsets %d..%d still missing after %.0f s; the partition is not "
+                      "committed past them; asking every %.0f s", tp, hole.first, hole.end,
+                      self.patience, self.slow_retry)
+        if now - hole.asked < (self.slow_retry if hole.slow else self.retry_after):
             return None
         hole.asked = now
         return hole.first
