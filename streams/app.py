@@ -23,7 +23,7 @@ from streams.agents.outbox import Outbox, Record
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
 from streams.enrichment import Enrichment
-from streams.faust_consumer import FastHandoverTransport
+from streams.faust_consumer import FastHandoverConsumer, FastHandoverTransport
 from streams.metrics import DeviceMetrics, WorkerMetrics
 from streams.offline import Meter, is_online, last_seen, load_inventory
 from streams.topics import TopicSpec
@@ -286,7 +286,9 @@ class Pipeline:
             message = event.message
             if message.topic != topic:
                 return
-            rewind_to = guard.check(message.tp, message.offset)
+            consumer = cast(FastHandoverConsumer, self.app.consumer)
+            rewind_to = guard.check(message.tp, message.offset,
+                                    consumer.commit_start(message.tp))
             if rewind_to is not None:
                 gaps.inc()
                 await self.rewind(message.tp, rewind_to)

@@ -111,6 +111,11 @@ class FastHandoverConsumer(Consumer):
         self.ack(message)
         self.app.sensors.on_message_out(message.tp, message.offset, message)
 
+    def commit_start(self, tp: TP) -> int | None:
+        """Where the next commit of a strictly committed partition must start: every
+        offset below it is processed (None before anything of it was fetched)."""
+        return self._resume_at.get(tp)
+
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in self._strict:
             return super()._new_offset(tp)

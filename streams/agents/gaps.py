@@ -56,12 +56,16 @@ class GapGuard:
                 del self.last[tp]
                 self.holes.pop(tp, None)
 
-    def check(self, tp: Hashable, offset: int) -> int | None:
-        """Note an event's offset; returns the offset to rewind the partition to, if any."""
+    def check(self, tp: Hashable, offset: int, start: int | None = None) -> int | None:
+        """Note an event's offset; returns the offset to rewind the partition to, if any.
+        `start`: the first offset of the partition not processed yet, when the consumer
+        knows it (so a hole at the head of what this worker fetched is seen too)."""
         if self.held is not None and tp not in self.held:
             return None  # the end of a batch taken before the partition moved away
         now = self.clock()
         last = self.last.get(tp)
+        if last is None and start is not None:
+            last = start - 1
         hole = self.holes.get(tp)
         if hole is not None and hole.first <= offset <= hole.end:
             hole.first = offset + 1

@@ -155,6 +155,12 @@ class Process:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def log_problems(self, lines: int = 60) -> str:
+        """The log's last error and warning lines."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if "[ERROR]" in line or "[WARNING]" in line]
+                         [-lines:])
+
 
 @pytest.fixture
 def start_process(tmp_path: Path) -> Iterator[Any]:
@@ -169,6 +175,9 @@ def start_process(tmp_path: Path) -> Iterator[Any]:
     yield start
     for process in started:
         process.kill()
+    # Shown by pytest when the test failed: the processes' logs go with their tmp_path.
+    for process in started:
+        print(f"--- {process.log_path.name}:\n{process.log_problems()}")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,

@@ -82,3 +82,15 @@ def test_events_of_a_partition_no_longer_held_leave_no_trace() -> None:
     assert guard.check(TP, 11) is None and TP not in guard.last
     guard.assigned([TP])  # back much later, further on: not a gap
     assert guard.check(TP, 900) is None
+
+
+def test_a_hole_at_the_head_of_what_was_fetched_is_seen_when_the_start_is_known() -> None:
+    other = ("smartme.raw", 2)
+    guard = GapGuard()
+    guard.assigned([TP, other])
+    # The consumer resumes the partition at 40 (its committed offset); 40 and 41 never came.
+    assert guard.check(TP, 42, start=40) == 40
+    assert guard.check(TP, 40, start=40) is None and guard.check(TP, 41, start=40) is None
+    assert not guard.holes
+    # Records processed again below the start (a commit that did not land) are no hole.
+    assert guard.check(other, 7, start=9) is None and guard.check(other, 8, start=9) is None
