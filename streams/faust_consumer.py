@@ -139,6 +139,14 @@ class FastHandoverConsumer(Consumer):
         self._resume_at[tp] = resume = run[-1] + 1
         return resume
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust forgets the acked offsets it has not committed yet before it waits for the
+        # last acks and commits: they are processed, so the next commit starts past them.
+        for tp in revoked:
+            if tp.topic in self._strict:
+                self._new_offset(tp)
+        await super().on_partitions_revoked(revoked)
+
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         if tp.topic not in self._strict:  # a skip on a strict topic is no marker
             await super()._add_gap(tp, offset_from, offset_to)

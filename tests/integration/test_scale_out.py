@@ -26,8 +26,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streams import simulate
+from streams.codec import Decoder
 from streams.config import Settings
 from streams.embedded_kafka import EmbeddedKafka, free_port
 from streams.windows import US
@@ -58,6 +60,27 @@ PARTITIONS, BRIDGES, WORKERS = 6, 2, 3
 FEED_SECONDS = 45.0  # the fleet's bodies are spread over this long
 VICTIM = 1  # the worker that is killed and restarted
 AGGREGATED = "meterstream_readings_aggregated_total"
+
+
+async def where_missing(settings: Settings, raw: list[ConsumerRecord],
+                        missing: set[tuple[str, int]]) -> str:
+    """The raw records holding the missing readings, and the group's committed and end
+    offsets of their partitions (stuck, or committed past them?)."""
+    decoder = Decoder()
+    spots = sorted({(r.partition, r.offset) for r in raw
+                    for reading in decoder.decode(r.value)
+                    if (reading.device_id, reading.timestamp_us) in missing})
+    tps = [TopicPartition(settings.topic_raw, p) for p in sorted({p for p, _ in spots})]
+    group = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                             group_id=settings.app_id, enable_auto_commit=False)
+    await group.start()
+    try:  # no subscription: it reads the group's offsets without joining it
+        committed = {tp.partition: await group.committed(tp) for tp in tps}
+        ends = {tp.partition: end for tp, end in (await group.end_offsets(tps)).items()}
+    finally:
+        await group.stop()
+    return (f"in raw (partition, offset) {spots}; group committed {committed}, "
+            f"end offsets {ends}")
 
 
 def make_trace() -> Trace:
@@ -317,7 +340,8 @@ async def test_three_workers_two_bridges_one_sigkill_same_aggregates_no_double_e
         value = orjson.loads(record.value)
         seen.add((value["device_id"], value["timestamp_us"]))
     missing = {(r.device_id, r.ts_us) for r in trace.readings} - seen
-    assert not missing, f"{len(missing)} readings not in {base.topic_readings}"
+    assert not missing, (f"{len(missing)} readings not in {base.topic_readings}: "
+                         f"{await where_missing(base, raw, missing)}")
 
     # (b) the final aggregates are those of one worker over the same trace, exactly (window
     # contents are a pure function of the sorted readings; only revisions may differ) ...

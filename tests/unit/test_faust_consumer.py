@@ -218,6 +218,18 @@ async def test_a_rebalance_does_not_make_it_forget_a_hole(strict: Any) -> None:
     assert _commits(strict) == {}
 
 
+async def test_acks_not_committed_yet_still_count_after_a_revoke(strict: Any) -> None:
+    """Faust drops the acked offsets it has not committed yet when partitions are revoked,
+    then waits for the last acks and commits: those offsets were processed all the same."""
+    messages = await _fetch(strict, range(0, 8))
+    for offset in range(0, 6):
+        strict.done(messages[offset])
+    await strict.on_partitions_revoked({RAW})
+    for offset in (6, 7):  # still in the queue when the rebalance began
+        strict.done(messages[offset])
+    assert _commits(strict) == {RAW: 8}
+
+
 def _group_committed(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
     """The committed offset the broker answers when Faust seeks to it."""
     async def committed(_: Any) -> dict[Any, int]:
