@@ -18,12 +18,11 @@ from faust.exceptions import ConsumerNotStarted
 from prometheus_client import CollectorRegistry
 
 from streams import _native
-from streams.agents.gaps import GapGuard
 from streams.agents.outbox import Outbox, Record
 from streams.codec import Decoder, format_timestamp
 from streams.config import ConfigError, Settings
 from streams.enrichment import Enrichment
-from streams.faust_consumer import FastHandoverConsumer, FastHandoverTransport
+from streams.faust_consumer import FastHandoverTransport
 from streams.metrics import DeviceMetrics, WorkerMetrics
 from streams.offline import Meter, is_online, last_seen, load_inventory
 from streams.topics import TopicSpec
@@ -269,38 +268,11 @@ class Pipeline:
             "threshold": watch.get("threshold"),
         })
 
-    def offset_check(self, topic: str) -> Callable[[Any], Awaitable[None]]:
-        """A check an agent runs on every event it takes from `topic`: rewinds the
-        partition when offsets before the event never arrived (streams.agents.gaps).
-        Until they have come, the partition is not committed past them."""
-        cast(FastHandoverTransport, self.app.transport).commit_strictly(topic)
-        guard = GapGuard()
-
-        async def on_assigned(_sender: Any, assigned: Any = (), **_: Any) -> None:
-            guard.assigned(tp for tp in assigned if tp.topic == topic)
-
-        self.app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    def commit_strictly(self, topic: str) -> None:
+        """Never commit `topic`'s partitions past a record that was not processed; such
+        records are fetched again (streams.commits), and counted."""
         gaps = self.metrics.offset_gaps.labels(topic)
-
-        async def check(event: Any) -> None:
-            message = event.message
-            if message.topic != topic:
-                return
-            consumer = cast(FastHandoverConsumer, self.app.consumer)
-            rewind_to = guard.check(message.tp, message.offset,
-                                    consumer.commit_start(message.tp))
-            if rewind_to is not None:
-                gaps.inc()
-                await self.rewind(message.tp, rewind_to)
-
-        return check
-
-    async def rewind(self, tp: Any, offset: int) -> None:
-        """Consume a partition again from `offset` (the agents' duplicates are harmless).
-
-        Through seek_wait: it runs on the consumer's own thread and event loop, which
-        aiokafka's seek, touching futures of that loop, needs."""
-        await self.app.consumer.seek_wait({tp: offset})
+        cast(FastHandoverTransport, self.app.transport).commit_strictly(topic, gaps.inc)
 
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:

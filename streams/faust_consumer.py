@@ -17,28 +17,25 @@ its buffer and their sensors, which cost ~10 µs per reading with 10-reading bod
 them, owns the partitions and commits what the handler's owner acks
 (:meth:`FastHandoverConsumer.done`); a rebalance still waits for those acks.
 
-Topics can be committed strictly (:meth:`FastHandoverTransport.commit_strictly`): never
-past an offset that was not acked. Faust's own rule commits past unacked offsets in three
-cases, each of which loses records when the partition's next owner starts at that commit:
-offsets its fetch loop skipped count as acked (it takes them for compaction or
-transaction markers); a single missing offset at the head of the acked ones is passed
-over (an off-by-one, faust-streaming issue #606); and while a rebalance waits for the
-last acks it has forgotten the committed offset, so any hole at the head is passed over.
-Our topics are neither compacted nor transactional: a missing offset is a record still to
-be processed (the agents' gap guard fetches it again), so the commit waits for it.
+Topics can be committed strictly (:meth:`FastHandoverTransport.commit_strictly`, the
+rules in :mod:`streams.commits`): never past an offset that was not processed; offsets
+never processed while later ones were are fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, cast
 
 from faust.transport.drivers.aiokafka import Consumer, Transport
 from faust.types import TP
-from faust.utils.functional import consecutive_numbers
 from mode.services import WaitResults
+
+from streams.commits import StrictCommits
+
+log = logging.getLogger(__name__)
 
 
 class _Continued:
@@ -86,16 +83,10 @@ class FastHandoverConsumer(Consumer):
         streams = self.callback
         transport = cast("FastHandoverTransport", self.transport)
         direct = transport.direct
-        self._strict = strict = transport.strict
-        # Per strictly committed partition: every offset below it is processed, so the
-        # next commit must start there (set from the committed offset at each seek to it,
-        # or the first offset fetched when there is none).
-        self._resume_at: dict[TP, int] = {}
-        resume_at = self._resume_at
+        self._strict = transport.strict
+        self._commits: StrictCommits[TP] = StrictCommits()
 
         async def callback(message: Any) -> Any:
-            if message.topic in strict and message.tp not in resume_at:
-                resume_at[message.tp] = message.offset
             handler = direct.get(message.topic)
             if handler is None:
                 return await streams(message)
@@ -111,33 +102,14 @@ class FastHandoverConsumer(Consumer):
         self.ack(message)
         self.app.sensors.on_message_out(message.tp, message.offset, message)
 
-    def commit_start(self, tp: TP) -> int | None:
-        """Where the next commit of a strictly committed partition must start: every
-        offset below it is processed (None before anything of it was fetched)."""
-        return self._resume_at.get(tp)
-
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in self._strict:
             return super()._new_offset(tp)
-        acked = self._acked[tp]
-        if not acked:
-            return None
-        acked.sort()
-        index = self._acked_index[tp]
-        start = self._resume_at.get(tp)
-        if start is not None:
-            # Offsets below it were processed again (after a rewind): committed already.
-            below = bisect.bisect_left(acked, start)
-            if below:
-                index.difference_update(acked[:below])
-                del acked[:below]
-            if not acked or acked[0] != start:
-                return None  # the next offset to commit is not processed yet
-        run = next(consecutive_numbers(acked))
-        del acked[:len(run)]
-        index.difference_update(run)
-        self._resume_at[tp] = resume = run[-1] + 1
-        return resume
+        return self._commits.next_commit(tp, self._acked[tp], self._acked_index[tp])
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in self._strict:  # a skip on a strict topic is no marker
+            await super()._add_gap(tp, offset_from, offset_to)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust forgets the acked offsets it has not committed yet before it waits for the
@@ -145,20 +117,30 @@ class FastHandoverConsumer(Consumer):
         for tp in revoked:
             if tp.topic in self._strict:
                 self._new_offset(tp)
+        self._commits.forget(revoked)
         await super().on_partitions_revoked(revoked)
-
-    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        if tp.topic not in self._strict:  # a skip on a strict topic is no marker
-            await super()._add_gap(tp, offset_from, offset_to)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
-        resume_at = self._resume_at
-        for tp, offset in committed.items():
-            if tp.topic in self._strict and offset is not None and offset >= 0:
-                # Ahead when our last commit did not land: below it, we processed all.
-                resume_at[tp] = max(offset, resume_at.get(tp, offset))
+        starts = {tp: offset for tp, offset in committed.items()
+                  if tp.topic in self._strict and offset is not None and offset >= 0}
+        fresh = [tp for tp in committed if tp.topic in self._strict and tp not in starts]
+        if fresh:  # nothing committed yet: the partition starts at its first offset
+            starts.update(await self.earliest_offsets(*fresh))
+        self._commits.started(starts)
         return committed
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True
+                           ) -> bool:
+        done: bool = await super().force_commit(
+            topics, start_new_transaction=start_new_transaction)
+        if self.flow_active:  # not while a rebalance is under way
+            for tp, hole in self._commits.to_refetch(self.assignment()):
+                log.error("%s: offsets %d..%d were never processed; fetching them again",
+                          tp, hole.first, hole.last)
+                self._strict[tp.topic]()
+                await self.seek_wait({tp: hole.first})
+        return done
 
     # mode's signature, timeout included (the fetch loop passes none)
     async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:  # noqa: ASYNC109
@@ -187,17 +169,19 @@ class FastHandoverTransport(Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.direct: dict[str, Handler] = {}
-        self.strict: set[str] = set()
+        # Strictly committed topics, each with what to call when a hole is fetched again.
+        self.strict: dict[str, Callable[[], None]] = {}
 
     def hand_directly(self, topic: str, handler: Handler) -> None:
         """Messages of `topic` go to `handler` instead of Faust's streams (an agent must
         still subscribe to it: Faust fetches only what agents subscribe to)."""
         self.direct[topic] = handler
 
-    def commit_strictly(self, topic: str) -> None:
-        """Never commit `topic`'s partitions past an offset that was not acked (for a
-        topic that is neither compacted nor written in transactions)."""
-        self.strict.add(topic)
+    def commit_strictly(self, topic: str, on_refetch: Callable[[], None] = lambda: None
+                        ) -> None:
+        """Never commit `topic`'s partitions past an offset that was not processed, and
+        fetch such offsets again (for a topic neither compacted nor transactional)."""
+        self.strict[topic] = on_refetch
 
 
 def _close(coros: tuple[Any, ...]) -> None:

@@ -104,8 +104,8 @@ class WorkerMetrics:
         )
         self.offset_gaps = Counter(
             "meterstream_offset_gaps_total",
-            "Offsets that never reached an agent on a partition it holds; the partition "
-            "was rewound to fetch them again.",
+            "Times a partition was fetched again from a record that was never processed "
+            "while later ones were (it is not committed past such a record).",
             ["topic"], registry=registry,
         )
         self.ticks = Counter(

@@ -416,13 +416,12 @@ def register(pipeline: Pipeline) -> Any:
         pipeline.device_metrics.keep_partitions(partition, present)
         metrics.sweep_duration.observe(time.perf_counter() - began)
 
-    check_offsets = pipeline.offset_check(settings.topic_reading_batches)
+    pipeline.commit_strictly(settings.topic_reading_batches)
 
     async def aggregate(stream: Any) -> None:
         async for events in stream.take_events(settings.aggregate_batch, within=_BATCH_WINDOW):
             records, ticks = [], []
             for event in events:
-                await check_offsets(event)
                 if event.message.topic == settings.topic_ticks or event.key == TICK_KEY:
                     ticks.append(event)
                 else:

@@ -140,7 +140,7 @@ def register(pipeline: Pipeline) -> Any:
     decoder = pipeline.decoder
     metrics = pipeline.metrics
     min_us = _year_start_us(settings.min_reading_year)
-    check_offsets = pipeline.offset_check(settings.topic_raw)
+    pipeline.commit_strictly(settings.topic_raw)
 
     def partition_of(device_id: str) -> int:
         return pipeline.partition_of(device_id) or 0
@@ -153,7 +153,6 @@ def register(pipeline: Pipeline) -> Any:
         outbox = pipeline.outbox()
         batches = ReadingBatches()
         for event in events:
-            await check_offsets(event)
             body = event.value if event.value is not None else b""
             origin = header_map(event.headers)
             try:

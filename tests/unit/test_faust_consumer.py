@@ -129,10 +129,33 @@ async def test_a_directly_handed_topic_skips_the_streams_until_done() -> None:
 RAW = TP("raw", 0)
 
 
+class Broker:
+    """What the consumer's Kafka calls answer in these tests (nothing is connected; the
+    methods are set on the class bound to this object, so they take no consumer)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.committed: int | None = 0
+        self.earliest = 0
+        self.seeks: list[dict[Any, int]] = []
+        monkeypatch.setattr(Consumer, "seek_to_committed", self._seek_to_committed)
+        monkeypatch.setattr(Consumer, "earliest_offsets", self._earliest_offsets)
+        monkeypatch.setattr(Consumer, "seek_wait", self._seek_wait)
+        monkeypatch.setattr(Consumer, "assignment", lambda _: {RAW})
+
+    async def _seek_to_committed(self) -> dict[Any, int | None]:
+        return {RAW: self.committed}
+
+    async def _earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.earliest for tp in tps}
+
+    async def _seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.seeks.append(dict(partitions))
+
+
 @pytest.fixture
-async def strict() -> Any:
+async def strict(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A consumer committing the "raw" topic strictly; its messages are handed directly
-    (as the worker's raw bodies are), other topics go to no stream here."""
+    (as the worker's raw bodies are)."""
     app = make_faust_app(Settings(kafka_bootstrap="127.0.0.1:1"))
     app.loop = asyncio.get_running_loop()
     app.topics.add(app.topic("raw"))
@@ -143,8 +166,16 @@ async def strict() -> Any:
 
     app.transport.hand_directly("raw", nothing)
     app.transport.commit_strictly("raw")
-    return app.transport.create_consumer(
+    consumer = app.transport.create_consumer(
         callback=nothing, on_partitions_revoked=nothing, on_partitions_assigned=nothing)
+    consumer.broker = Broker(monkeypatch)
+    return consumer
+
+
+async def _take(consumer: Any, committed: int | None) -> None:
+    """The partition is assigned: Faust seeks to the group's committed offset."""
+    consumer.broker.committed = committed
+    await consumer.seek_to_committed()
 
 
 async def _fetch(consumer: Any, offsets: range) -> dict[int, Any]:
@@ -153,6 +184,11 @@ async def _fetch(consumer: Any, offsets: range) -> dict[int, Any]:
     for message in messages.values():
         await consumer.callback(message)
     return messages
+
+
+def _done(consumer: Any, messages: dict[int, Any], offsets: Any = None) -> None:
+    for offset in (messages if offsets is None else offsets):
+        consumer.done(messages[offset])
 
 
 def _commits(consumer: Any) -> dict[Any, int]:
@@ -166,31 +202,29 @@ def _land(consumer: Any, commits: dict[Any, int]) -> None:
 
 async def test_a_strict_topic_is_never_committed_past_a_record_not_processed(
         strict: Any) -> None:
+    await _take(strict, 100)
     messages = await _fetch(strict, range(100, 110))
-    for offset in [100, 101, 102, 104, 105, 106]:  # 103 is still being processed
-        strict.done(messages[offset])
+    _done(strict, messages, [100, 101, 102, 104, 105, 106])  # 103 is still being processed
     assert _commits(strict) == {RAW: 103}
     _land(strict, {RAW: 103})
     # The head is missing now: Faust passes over a single missing head offset (#606).
-    strict.done(messages[107])
+    _done(strict, messages, [107])
     assert _commits(strict) == {}
-    strict.done(messages[103])
+    _done(strict, messages, [103])
     assert _commits(strict) == {RAW: 108}
 
 
 async def test_offsets_the_fetch_loop_skipped_are_not_taken_for_markers(strict: Any) -> None:
+    await _take(strict, 0)
     messages = await _fetch(strict, range(0, 3))
     # The fetch loop got 5 after 2: Faust takes 3 and 4 for compaction or transaction
     # markers and counts them as acked. On a strict topic they are records to fetch again.
     await strict._add_gap(RAW, 3, 5)
     messages |= await _fetch(strict, range(5, 8))
-    for message in messages.values():
-        strict.done(message)
+    _done(strict, messages)
     assert _commits(strict) == {RAW: 3}
     _land(strict, {RAW: 3})
-    refetched = await _fetch(strict, range(3, 5))  # the gap guard's rewind
-    for message in refetched.values():
-        strict.done(message)
+    _done(strict, await _fetch(strict, range(3, 5)))  # fetched again
     assert _commits(strict) == {RAW: 8}
 
 
@@ -205,61 +239,88 @@ async def test_a_topic_not_strict_keeps_fausts_rule(strict: Any) -> None:
     assert _commits(strict) == {tp: 6}
 
 
+async def test_nothing_is_committed_before_the_partition_start_is_known(strict: Any) -> None:
+    """On a worker's first assignment Faust fetches before it seeks to the committed
+    offsets, and drops records of partitions not active yet: the first record seen of a
+    partition (173 in the scale-out test) need not be the committed one (168)."""
+    messages = await _fetch(strict, range(173, 180))
+    _done(strict, messages)
+    assert _commits(strict) == {}
+    await _take(strict, 168)
+    assert _commits(strict) == {}
+    _done(strict, await _fetch(strict, range(168, 173)))
+    assert _commits(strict) == {RAW: 180}
+
+
+async def test_a_partition_nothing_was_committed_for_starts_at_its_first_offset(
+        strict: Any) -> None:
+    strict.broker.earliest = 40  # retention deleted what came before
+    await _take(strict, None)
+    _done(strict, await _fetch(strict, range(40, 45)))
+    assert _commits(strict) == {RAW: 45}
+
+
 async def test_a_rebalance_does_not_make_it_forget_a_hole(strict: Any) -> None:
     """Faust forgets a revoked partition's committed offset before it waits for the last
     acks (and commits them): the hole at the head must still hold the commit back."""
+    await _take(strict, 0)
     messages = await _fetch(strict, range(0, 6))
-    for offset in (0, 1):
-        strict.done(messages[offset])
+    _done(strict, messages, [0, 1])
     _land(strict, _commits(strict))
     await strict.on_partitions_revoked({RAW})
-    for offset in (3, 4, 5):  # 2 never made it (e.g. cancelled as the flow was suspended)
-        strict.done(messages[offset])
+    _done(strict, messages, [3, 4, 5])  # 2 never made it (cancelled as the flow stopped)
     assert _commits(strict) == {}
 
 
 async def test_acks_not_committed_yet_still_count_after_a_revoke(strict: Any) -> None:
     """Faust drops the acked offsets it has not committed yet when partitions are revoked,
     then waits for the last acks and commits: those offsets were processed all the same."""
+    await _take(strict, 0)
     messages = await _fetch(strict, range(0, 8))
-    for offset in range(0, 6):
-        strict.done(messages[offset])
+    _done(strict, messages, range(0, 6))
     await strict.on_partitions_revoked({RAW})
-    for offset in (6, 7):  # still in the queue when the rebalance began
-        strict.done(messages[offset])
+    _done(strict, messages, [6, 7])  # still in the queue when the rebalance began
     assert _commits(strict) == {RAW: 8}
 
 
-def _group_committed(monkeypatch: pytest.MonkeyPatch, offset: int) -> None:
-    """The committed offset the broker answers when Faust seeks to it."""
-    async def committed(_: Any) -> dict[Any, int]:
-        return {RAW: offset}
-
-    monkeypatch.setattr(Consumer, "seek_to_committed", committed)
-
-
 async def test_commits_resume_where_the_group_committed_after_a_rebalance(
-        strict: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for message in (await _fetch(strict, range(0, 4))).values():
-        strict.done(message)
+        strict: Any) -> None:
+    await _take(strict, 0)
+    _done(strict, await _fetch(strict, range(0, 4)))
     _land(strict, _commits(strict))
     # Revoked; another worker processed and committed up to 50; then it came back.
     await strict.on_partitions_revoked({RAW})
-    _group_committed(monkeypatch, 50)
-    assert await strict.seek_to_committed() == {RAW: 50}
-    for message in (await _fetch(strict, range(50, 53))).values():
-        strict.done(message)
+    await _take(strict, 50)
+    _done(strict, await _fetch(strict, range(50, 53)))
     assert _commits(strict) == {RAW: 53}
 
 
 async def test_records_processed_again_below_the_last_commit_are_no_hole(
-        strict: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for message in (await _fetch(strict, range(0, 4))).values():
-        strict.done(message)
+        strict: Any) -> None:
+    await _take(strict, 0)
+    _done(strict, await _fetch(strict, range(0, 4)))
     assert _commits(strict) == {RAW: 4}  # picked, but the commit did not land
     await strict.on_partitions_revoked({RAW})
-    _group_committed(monkeypatch, 2)
-    await strict.seek_to_committed()
-    for message in (await _fetch(strict, range(2, 6))).values():
-        strict.done(message)
+    await _take(strict, 2)
+    _done(strict, await _fetch(strict, range(2, 6)))
     assert _commits(strict) == {RAW: 6}
+
+
+async def test_a_commit_fetches_the_records_of_a_hole_again(
+        strict: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def faust_commit(self: Any, topics: Any = None, **_: Any) -> bool:
+        _land(self, _commits(self))
+        return True
+
+    monkeypatch.setattr(Consumer, "force_commit", faust_commit)
+    await _take(strict, 10)
+    messages = await _fetch(strict, range(10, 20))
+    _done(strict, messages, [10, 11, 14, 15])  # 12 and 13 never reached the decoder
+    strict.flow_active = True
+    await strict.force_commit()
+    assert strict._committed_offset[RAW] == 12 and strict.broker.seeks == [{RAW: 12}]
+    await strict.force_commit()  # again at once: the rewind may still be under way
+    assert strict.broker.seeks == [{RAW: 12}]
+    _done(strict, messages, [12, 13])
+    await strict.force_commit()
+    assert strict._committed_offset[RAW] == 16 and len(strict.broker.seeks) == 1
