@@ -139,7 +139,11 @@ class FastHandoverConsumer(Consumer):
                 log.error("%s: offsets %d..%d were never processed; fetching them again",
                           tp, hole.first, hole.last)
                 self._strict[tp.topic]()
-                await self.seek_wait({tp: hole.first})
+                try:
+                    await self.seek_wait({tp: hole.first})
+                except Exception as exc:  # e.g. the partition went in a rebalance meanwhile
+                    log.warning("%s: could not seek to %d (%s: %s); asking again later",
+                                tp, hole.first, type(exc).__name__, exc)
         return done
 
     # mode's signature, timeout included (the fetch loop passes none)
