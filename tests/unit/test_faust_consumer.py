@@ -324,3 +324,21 @@ async def test_a_commit_fetches_the_records_of_a_hole_again(
     _done(strict, messages, [12, 13])
     await strict.force_commit()
     assert strict._committed_offset[RAW] == 16 and len(strict.broker.seeks) == 1
+
+
+async def test_a_refetch_that_cannot_seek_is_asked_again_later(
+        strict: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def faust_commit(self: Any, topics: Any = None, **_: Any) -> bool:
+        return True
+
+    async def gone(partitions: dict[Any, int]) -> None:
+        raise RuntimeError("No current assignment for partition")
+
+    monkeypatch.setattr(Consumer, "force_commit", faust_commit)
+    monkeypatch.setattr(Consumer, "seek_wait", gone)
+    await _take(strict, 0)
+    _done(strict, await _fetch(strict, range(3, 5)))
+    strict._new_offset(RAW)  # a commit notices the hole
+    strict.flow_active = True
+    assert await strict.force_commit() is True  # Faust's commit goes on
+    assert "could not seek to 0" in caplog.text and strict._commits.holes
