@@ -136,7 +136,7 @@ class FastHandoverConsumer(Consumer):
             topics, start_new_transaction=start_new_transaction)
         if self.flow_active:  # not while a rebalance is under way
             for tp, hole in self._commits.to_refetch(self.assignment()):
-                log.error("%s: offsets %d..%d were never processed; fetching them again",
+                log.error("%s: offsets %d..%d are not known to be processed; fetching them again",
                           tp, hole.first, hole.last)
                 self._strict[tp.topic]()
                 try:
