@@ -62,7 +62,7 @@ class StrictCommits(Generic[Partition]):
         """The offset to commit for `tp` (None: nothing new), given its acked offsets
         and their index as Faust keeps them; takes what it commits out of both."""
         start = self.resume_at.get(tp)
-        if start is None or not acked:
+        if start is None:
             return None  # not started yet: the partition's first offset is not known
         acked.sort()
         below = bisect.bisect_left(acked, start)

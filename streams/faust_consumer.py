@@ -134,7 +134,7 @@ class FastHandoverConsumer(Consumer):
                            ) -> bool:
         done: bool = await super().force_commit(
             topics, start_new_transaction=start_new_transaction)
-        if self.flow_active:  # not while a rebalance is under way
+        if self.flow_active and self._commits.holes:  # not while a rebalance is under way
             for tp, hole in self._commits.to_refetch(self.assignment()):
                 log.error("%s: offsets %d..%d are not known to be processed; fetching them again",
                           tp, hole.first, hole.last)
